@@ -1,0 +1,570 @@
+//! Embedded metadata store: SQLite in WAL mode with one writer connection
+//! and a small pool of readers. Calls run on tokio's blocking threads.
+
+use crate::{ManifestRecord, MetaError, MetadataStore, Referrer, Result, StoredManifest, UploadRecord};
+use async_trait::async_trait;
+use berth_oci::{Digest, Reference, RepoName, Tag};
+use bytes::Bytes;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many have run. Never edit one that has shipped: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE repositories (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE blobs (
+    digest     TEXT PRIMARY KEY,
+    size       INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE repo_blobs (
+    repo_id    INTEGER NOT NULL REFERENCES repositories(id),
+    digest     TEXT NOT NULL REFERENCES blobs(digest),
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (repo_id, digest)
+) WITHOUT ROWID;
+CREATE TABLE manifests (
+    repo_id       INTEGER NOT NULL REFERENCES repositories(id),
+    digest        TEXT NOT NULL,
+    media_type    TEXT NOT NULL,
+    artifact_type TEXT,
+    subject       TEXT,
+    annotations   TEXT,
+    size          INTEGER NOT NULL,
+    body          BLOB NOT NULL,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (repo_id, digest)
+);
+CREATE INDEX manifests_by_subject ON manifests(repo_id, subject) WHERE subject IS NOT NULL;
+CREATE TABLE manifest_refs (
+    repo_id  INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    target   TEXT NOT NULL,
+    kind     INTEGER NOT NULL, -- 0 blob, 1 child manifest
+    PRIMARY KEY (repo_id, manifest, target, kind)
+) WITHOUT ROWID;
+CREATE INDEX manifest_refs_by_target ON manifest_refs(target);
+CREATE TABLE tags (
+    repo_id    INTEGER NOT NULL REFERENCES repositories(id),
+    name       TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (repo_id, name)
+) WITHOUT ROWID;
+CREATE INDEX tags_by_digest ON tags(repo_id, digest);
+CREATE TABLE uploads (
+    id         TEXT PRIMARY KEY,
+    repo       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#];
+
+const READERS: usize = 8;
+
+pub struct SqliteMetadata {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Backend(e.to_string())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // FULL: an acknowledged push survives power loss, not just a crash.
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    Ok(())
+}
+
+impl SqliteMetadata {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteMetadata> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
+        let mut writer = Connection::open(&path).map_err(backend)?;
+        configure(&writer).map_err(backend)?;
+        migrate(&mut writer)?;
+        Ok(SqliteMetadata {
+            inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().unwrap().pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(backend)?;
+                    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+                    c
+                }
+            };
+            let out = f(&conn).map_err(backend);
+            let mut pool = inner.readers.lock().unwrap();
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+    if version > MIGRATIONS.len() {
+        return Err(MetaError::Backend(format!(
+            "database schema version {version} is newer than this berth understands ({}); upgrade berth",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT id FROM repositories WHERE name = ?1", [repo], |r| r.get(0)).optional()
+}
+
+fn ensure_repo(tx: &Connection, repo: &str, now: i64) -> Result<i64> {
+    tx.execute("INSERT OR IGNORE INTO repositories(name, created_at) VALUES (?1, ?2)", params![repo, now])
+        .map_err(backend)?;
+    repo_id(tx, repo).map_err(backend)?.ok_or_else(|| backend("repository row vanished"))
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadata {
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let now = now_secs();
+            let id = ensure_repo(tx, &repo, now)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO blobs(digest, size, created_at) VALUES (?1, ?2, ?3)",
+                params![digest, size as i64, now],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO repo_blobs(repo_id, digest, created_at) VALUES (?1, ?2, ?3)",
+                params![id, digest, now],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn repo_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |c| {
+            c.query_row(
+                "SELECT b.size FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id
+                 JOIN blobs b ON b.digest = rb.digest WHERE r.name = ?1 AND rb.digest = ?2",
+                params![repo, digest],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|s| s as u64))
+        })
+        .await
+    }
+
+    async fn any_blob(&self, digest: &Digest) -> Result<Option<u64>> {
+        let digest = digest.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT size FROM blobs WHERE digest = ?1", [digest], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|o| o.map(|s| s as u64))
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo).map_err(backend)? else { return Ok(false) };
+            let n = tx
+                .execute("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2", params![id, digest])
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_manifest(&self, repo: &RepoName, record: ManifestRecord, tag: Option<&Tag>) -> Result<()> {
+        let repo = repo.to_string();
+        let tag = tag.map(|t| t.to_string());
+        self.write(move |tx| {
+            let now = now_secs();
+            let id = ensure_repo(tx, &repo, now)?;
+            let digest = record.digest.to_string();
+            for blob in &record.blobs {
+                let found: Option<i64> = tx
+                    .query_row(
+                        "SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2",
+                        params![id, blob.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if found.is_none() {
+                    return Err(MetaError::MissingBlob(blob.clone()));
+                }
+            }
+            for child in &record.children {
+                let found: Option<i64> = tx
+                    .query_row(
+                        "SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2",
+                        params![id, child.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if found.is_none() {
+                    return Err(MetaError::MissingManifest(child.clone()));
+                }
+            }
+            // Same digest means same bytes: re-pushing is a no-op for the row.
+            tx.execute(
+                "INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, artifact_type, subject,
+                    annotations, size, body, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    id,
+                    digest,
+                    record.media_type,
+                    record.artifact_type,
+                    record.subject.as_ref().map(|s| s.to_string()),
+                    record.annotations_json,
+                    record.body.len() as i64,
+                    &record.body[..],
+                    now
+                ],
+            )
+            .map_err(backend)?;
+            let refs = record.blobs.iter().map(|d| (d, 0)).chain(record.children.iter().map(|d| (d, 1)));
+            for (target, kind) in refs {
+                tx.execute(
+                    "INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, target, kind) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, digest, target.to_string(), kind],
+                )
+                .map_err(backend)?;
+            }
+            if let Some(tag) = tag {
+                tx.execute(
+                    "INSERT INTO tags(repo_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(repo_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+                    params![id, tag, digest, now],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Option<StoredManifest>> {
+        let repo = repo.to_string();
+        let reference = reference.clone();
+        self.read(move |c| {
+            let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, String, Vec<u8>)> {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            };
+            let found = match &reference {
+                Reference::Digest(d) => c
+                    .query_row(
+                        "SELECT m.digest, m.media_type, m.body FROM manifests m
+                         JOIN repositories r ON r.id = m.repo_id WHERE r.name = ?1 AND m.digest = ?2",
+                        params![repo, d.to_string()],
+                        row,
+                    )
+                    .optional()?,
+                Reference::Tag(t) => c
+                    .query_row(
+                        "SELECT m.digest, m.media_type, m.body FROM tags t
+                         JOIN repositories r ON r.id = t.repo_id
+                         JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest
+                         WHERE r.name = ?1 AND t.name = ?2",
+                        params![repo, t.as_str()],
+                        row,
+                    )
+                    .optional()?,
+            };
+            Ok(found.and_then(|(digest, media_type, body)| {
+                Some(StoredManifest { digest: digest.parse().ok()?, media_type, body: Bytes::from(body) })
+            }))
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo).map_err(backend)? else { return Ok(false) };
+            let n = tx
+                .execute("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2", params![id, digest])
+                .map_err(backend)?;
+            tx.execute("DELETE FROM tags WHERE repo_id = ?1 AND digest = ?2", params![id, digest]).map_err(backend)?;
+            tx.execute("DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest = ?2", params![id, digest])
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo).map_err(backend)? else { return Ok(false) };
+            let n = tx.execute("DELETE FROM tags WHERE repo_id = ?1 AND name = ?2", params![id, tag]).map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>> {
+        let repo = repo.to_string();
+        let last = last.unwrap_or("").to_string();
+        self.read(move |c| {
+            let id: Option<i64> = c
+                .query_row(
+                    "SELECT r.id FROM repositories r WHERE r.name = ?1
+                     AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)",
+                    [&repo],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = id else { return Ok(None) };
+            let mut stmt = c.prepare_cached(
+                "SELECT name FROM tags WHERE repo_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+            )?;
+            let tags = stmt
+                .query_map(params![id, last, n as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(Some(tags))
+        })
+        .await
+    }
+
+    async fn list_repositories(&self, last: Option<&str>, n: usize) -> Result<Vec<String>> {
+        let last = last.unwrap_or("").to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT r.name FROM repositories r WHERE r.name > ?1
+                 AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)
+                 ORDER BY r.name LIMIT ?2",
+            )?;
+            let names = stmt.query_map(params![last, n as i64], |r| r.get(0))?.collect();
+            names
+        })
+        .await
+    }
+
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>> {
+        let (repo, subject) = (repo.to_string(), subject.to_string());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m
+                 JOIN repositories r ON r.id = m.repo_id WHERE r.name = ?1 AND m.subject = ?2
+                 ORDER BY m.created_at, m.digest",
+            )?;
+            let rows = stmt
+                .query_map(params![repo, subject], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<rusqlite::Result<Vec<(String, String, i64, Option<String>, Option<String>)>>>()?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(d, media_type, size, artifact_type, annotations_json)| {
+                    Some(Referrer { digest: d.parse().ok()?, media_type, size: size as u64, artifact_type, annotations_json })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn create_upload(&self, id: &str, repo: &RepoName, now: i64) -> Result<()> {
+        let (id, repo) = (id.to_string(), repo.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO uploads(id, repo, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![id, repo, now],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT id, repo, created_at, updated_at FROM uploads WHERE id = ?1", [id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map(|o| {
+                o.and_then(|(id, repo, created_at, updated_at)| {
+                    Some(UploadRecord { id, repo: RepoName::parse(&repo)?, created_at, updated_at })
+                })
+            })
+        })
+        .await
+    }
+
+    async fn touch_upload(&self, id: &str, now: i64) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            tx.execute("UPDATE uploads SET updated_at = ?2 WHERE id = ?1", params![id, now]).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |tx| Ok(tx.execute("DELETE FROM uploads WHERE id = ?1", [id]).map_err(backend)? > 0))
+            .await
+    }
+
+    async fn idle_uploads(&self, before: i64) -> Result<Vec<String>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT id FROM uploads WHERE updated_at < ?1")?;
+            let ids = stmt.query_map([before], |r| r.get(0))?.collect();
+            ids
+        })
+        .await
+    }
+
+    async fn stored_bytes(&self) -> Result<u64> {
+        self.read(|c| c.query_row("SELECT COALESCE(SUM(size), 0) FROM blobs", [], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|s| s as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    fn record(body: &[u8], blobs: Vec<Digest>, subject: Option<Digest>) -> ManifestRecord {
+        ManifestRecord {
+            digest: Digest::sha256_of(body),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            artifact_type: Some("application/x".into()),
+            body: Bytes::copy_from_slice(body),
+            subject,
+            annotations_json: None,
+            blobs,
+            children: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn manifests_tags_and_catalog_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteMetadata::open(dir.path().join("m.db")).unwrap();
+        let blob = Digest::sha256_of(b"layer");
+        // A blob alone does not make a repository visible.
+        db.link_blob(&repo("a/b"), &blob, 5).await.unwrap();
+        assert!(db.list_repositories(None, 10).await.unwrap().is_empty());
+        assert_eq!(db.list_tags(&repo("a/b"), None, 10).await.unwrap(), None);
+
+        let missing = record(b"m0", vec![Digest::sha256_of(b"nope")], None);
+        assert!(matches!(db.put_manifest(&repo("a/b"), missing, None).await, Err(MetaError::MissingBlob(_))));
+
+        let m = record(b"m1", vec![blob.clone()], None);
+        let tag = Tag::parse("v1").unwrap();
+        db.put_manifest(&repo("a/b"), m.clone(), Some(&tag)).await.unwrap();
+        assert_eq!(db.list_repositories(None, 10).await.unwrap(), vec!["a/b"]);
+        assert_eq!(db.list_tags(&repo("a/b"), None, 10).await.unwrap(), Some(vec!["v1".to_string()]));
+        let got = db.get_manifest(&repo("a/b"), &Reference::Tag(tag.clone())).await.unwrap().unwrap();
+        assert_eq!(got.digest, m.digest);
+        assert_eq!(&got.body[..], b"m1");
+
+        let referrer = record(b"sig", vec![blob.clone()], Some(m.digest.clone()));
+        db.put_manifest(&repo("a/b"), referrer.clone(), None).await.unwrap();
+        let refs = db.referrers(&repo("a/b"), &m.digest).await.unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].digest, referrer.digest);
+
+        assert!(db.delete_manifest(&repo("a/b"), &m.digest).await.unwrap());
+        assert_eq!(db.list_tags(&repo("a/b"), None, 10).await.unwrap(), Some(vec![]));
+        assert!(db.delete_manifest(&repo("a/b"), &referrer.digest).await.unwrap());
+        assert!(db.list_repositories(None, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pagination_is_lexical() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteMetadata::open(dir.path().join("m.db")).unwrap();
+        for name in ["c", "a", "b"] {
+            let m = record(name.as_bytes(), vec![], None);
+            db.put_manifest(&repo(name), m.clone(), Some(&Tag::parse(name).unwrap())).await.unwrap();
+            for t in ["z", "y"] {
+                db.put_manifest(&repo(name), m.clone(), Some(&Tag::parse(t).unwrap())).await.unwrap();
+            }
+        }
+        assert_eq!(db.list_repositories(None, 2).await.unwrap(), vec!["a", "b"]);
+        assert_eq!(db.list_repositories(Some("b"), 2).await.unwrap(), vec!["c"]);
+        assert_eq!(db.list_tags(&repo("a"), Some("a"), 5).await.unwrap().unwrap(), vec!["y", "z"]);
+    }
+}
