@@ -1,0 +1,46 @@
+//! The HTTP layer. It parses requests of the distribution spec into calls
+//! on [`Registry`] and turns results and errors into responses. It holds no
+//! registry logic of its own.
+//!
+//! - [`route`] maps a URL path to an endpoint (names contain slashes, so
+//!   the spec's paths are parsed by hand rather than by a router);
+//! - [`handlers`] run one endpoint each;
+//! - [`error`] is the single place where errors become status codes and
+//!   OCI error bodies;
+//! - [`observe`] logs one line per request and records metrics.
+
+pub mod error;
+mod handlers;
+mod observe;
+pub mod route;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Request, Response};
+use berth_registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Renders the Prometheus exposition text.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Arc<Registry>,
+    pub metrics: Option<MetricsRender>,
+    /// Longest wait for the next piece of a request body before giving up.
+    pub body_idle_timeout: Duration,
+}
+
+/// The complete HTTP application.
+pub fn app(state: ApiState) -> axum::Router {
+    axum::Router::new()
+        .fallback(dispatch)
+        .layer(axum::middleware::from_fn(observe::observe))
+        .with_state(state)
+}
+
+async fn dispatch(State(state): State<ApiState>, req: Request<Body>) -> Response<Body> {
+    handlers::handle(state, req).await
+}

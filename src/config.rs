@@ -1,0 +1,282 @@
+//! Configuration: defaults, then a TOML file, then `BERTH_<SECTION>_<KEY>`
+//! environment variables, then command-line flags.
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub registry: RegistrySection,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub shutdown_timeout_secs: u64,
+    pub header_read_timeout_secs: u64,
+    pub body_idle_timeout_secs: u64,
+    pub metrics: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    pub delete_enabled: bool,
+    pub upload_ttl_secs: u64,
+    pub max_manifest_bytes: usize,
+    pub max_page_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            registry: RegistrySection::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:5000".into(),
+            shutdown_timeout_secs: 30,
+            header_read_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
+            metrics: true,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: PathBuf::from("./berth-data") }
+    }
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            delete_enabled: true,
+            upload_ttl_secs: 24 * 3600,
+            max_manifest_bytes: berth_oci::manifest::MAX_MANIFEST_BYTES,
+            max_page_size: 1000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// One line of documentation per setting, printed by `berth config defaults`.
+const DOCS: &[(&str, &str, &str)] = &[
+    ("server", "listen", "Address and port to listen on."),
+    ("server", "shutdown_timeout_secs", "On SIGTERM/SIGINT, how long in-flight requests may take to finish."),
+    ("server", "header_read_timeout_secs", "Close connections that do not send request headers within this time."),
+    ("server", "body_idle_timeout_secs", "Abort a request whose body stalls (no bytes) for this long."),
+    ("server", "metrics", "Serve Prometheus metrics at /metrics."),
+    ("storage", "data_dir", "Directory for blobs (blobs/), uploads (uploads/) and metadata (metadata.db)."),
+    ("registry", "delete_enabled", "Allow DELETE of manifests, tags and blobs (405 UNSUPPORTED when false)."),
+    ("registry", "upload_ttl_secs", "Upload sessions idle this long are removed with their data."),
+    ("registry", "max_manifest_bytes", "Largest manifest accepted (413 beyond)."),
+    ("registry", "max_page_size", "Most tags or repositories returned per page (clients follow the Link header)."),
+    ("log", "level", "Log filter: error, warn, info, debug, trace, or a tracing directive list."),
+    ("log", "format", "Log format: text or json."),
+];
+
+impl Config {
+    /// Loads from an optional file, then applies environment overrides.
+    pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+        let mut value = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let _: Config = parse_text(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut value, std::env::vars())?;
+        let config: Config = toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| anyhow!("{e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks that types alone do not catch.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| anyhow!("server.listen: {:?} is not an address:port ({e})", self.server.listen))?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format: must be \"text\" or \"json\", not {:?}", self.log.format);
+        }
+        if self.registry.max_page_size == 0 {
+            bail!("registry.max_page_size: must be at least 1");
+        }
+        if self.registry.max_manifest_bytes < 1024 {
+            bail!("registry.max_manifest_bytes: must be at least 1024");
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            bail!("storage.data_dir: must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen.parse().expect("validated")
+    }
+
+    /// The defaults as a commented TOML document.
+    pub fn defaults_toml() -> String {
+        let value = toml::Value::try_from(Config::default()).expect("defaults serialize");
+        let mut out = String::from(
+            "# Berth configuration. Every setting can also be given as an environment\n\
+             # variable BERTH_<SECTION>_<KEY>, e.g. BERTH_SERVER_LISTEN=0.0.0.0:5000.\n",
+        );
+        let table = value.as_table().expect("table");
+        for (section, entries) in table {
+            out.push_str(&format!("\n[{section}]\n"));
+            for (key, v) in entries.as_table().expect("section table") {
+                let doc = DOCS
+                    .iter()
+                    .find(|(s, k, _)| s == section && k == key)
+                    .map(|(_, _, d)| *d)
+                    .unwrap_or("");
+                out.push_str(&format!("# {doc}\n{key} = {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Parses TOML text into a config, with line/column and key in errors.
+pub fn parse_text(text: &str) -> Result<Config, String> {
+    match toml::from_str::<Config>(text) {
+        Ok(c) => {
+            c.validate().map_err(|e| e.to_string())?;
+            Ok(c)
+        }
+        Err(e) => Err(describe_toml_error(text, &e)),
+    }
+}
+
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let col = span.start - text[..span.start.min(text.len())].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}, column {col}: {msg} (at `{snippet}`)")
+        }
+        None => msg,
+    }
+}
+
+/// Applies `BERTH_<SECTION>_<KEY>` variables onto a TOML table, typed like
+/// the defaults so `BERTH_REGISTRY_DELETE_ENABLED=false` is a boolean.
+fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+    let defaults = toml::Value::try_from(Config::default())?;
+    let defaults = defaults.as_table().expect("table");
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("BERTH_") else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let found = defaults.iter().find_map(|(section, entries)| {
+            let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            let default = entries.as_table()?.get(key)?;
+            Some((section.clone(), key.to_string(), default.clone()))
+        });
+        let Some((section, key, default)) = found else { continue };
+        let value = match default {
+            toml::Value::Boolean(_) => toml::Value::Boolean(match raw.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => bail!("{name}: expected a boolean, got {raw:?}"),
+            }),
+            toml::Value::Integer(_) => {
+                toml::Value::Integer(raw.parse().map_err(|_| anyhow!("{name}: expected an integer, got {raw:?}"))?)
+            }
+            _ => toml::Value::String(raw),
+        };
+        table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| anyhow!("{name}: section is not a table"))?
+            .insert(key, value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_are_documented() {
+        let text = Config::defaults_toml();
+        assert_eq!(parse_text(&text).unwrap(), Config::default());
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        let mut count = 0;
+        for (section, entries) in value.as_table().unwrap() {
+            for key in entries.as_table().unwrap().keys() {
+                assert!(DOCS.iter().any(|(s, k, _)| s == section && k == key), "{section}.{key} undocumented");
+                count += 1;
+            }
+        }
+        assert_eq!(count, DOCS.len());
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let err = parse_text("[server]\nlisten = \"x:1\"\n").unwrap_err();
+        assert!(err.contains("server.listen"), "{err}");
+        let err = parse_text("[registry]\n\ndelete_enabled = \"maybe\"\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        let err = parse_text("[registry]\nbogus = 1\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_are_typed() {
+        let mut t = toml::Table::new();
+        let vars = vec![
+            ("BERTH_REGISTRY_DELETE_ENABLED".to_string(), "false".to_string()),
+            ("BERTH_SERVER_LISTEN".to_string(), "0.0.0.0:1".to_string()),
+            ("BERTH_REGISTRY_UPLOAD_TTL_SECS".to_string(), "5".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        apply_env(&mut t, vars.into_iter()).unwrap();
+        let c: Config = toml::Value::Table(t).try_into().unwrap();
+        assert!(!c.registry.delete_enabled);
+        assert_eq!(c.server.listen, "0.0.0.0:1");
+        assert_eq!(c.registry.upload_ttl_secs, 5);
+        let mut t = toml::Table::new();
+        assert!(apply_env(&mut t, vec![("BERTH_SERVER_METRICS".into(), "perhaps".into())].into_iter()).is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! Wiring: open storage and metadata, build the HTTP app, accept
+//! connections, shut down gracefully.
+
+use crate::config::Config;
+use anyhow::Context;
+use berth_api::{ApiState, MetricsRender};
+use berth_meta::SqliteMetadata;
+use berth_registry::{Registry, RegistryConfig};
+use berth_storage::FsBlobStore;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = &config.storage.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let blobs = FsBlobStore::open(data_dir).await.context("opening blob storage")?;
+    let meta = SqliteMetadata::open(data_dir.join("metadata.db")).context("opening metadata")?;
+    let registry = Arc::new(Registry::new(
+        Arc::new(blobs),
+        Arc::new(meta),
+        RegistryConfig {
+            delete_enabled: config.registry.delete_enabled,
+            upload_ttl: Duration::from_secs(config.registry.upload_ttl_secs),
+            max_manifest_bytes: config.registry.max_manifest_bytes,
+            max_page: config.registry.max_page_size,
+        },
+    ));
+
+    let metrics: Option<MetricsRender> = if config.server.metrics {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0])?
+            .install_recorder()
+            .context("installing metrics recorder")?;
+        Some(Arc::new(move || handle.render()))
+    } else {
+        None
+    };
+
+    let app = berth_api::app(ApiState {
+        registry: registry.clone(),
+        metrics,
+        body_idle_timeout: Duration::from_secs(config.server.body_idle_timeout_secs),
+    });
+
+    spawn_upload_expiry(registry.clone());
+
+    let listener = TcpListener::bind(config.listen_addr())
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, data_dir = %data_dir.display(), "berth listening");
+    // Tests and scripts read the bound address (port 0 picks one) from stdout.
+    println!("berth listening on http://{local}");
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.server.header_read_timeout_secs));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    let limit = Duration::from_secs(config.server.shutdown_timeout_secs);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(limit) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Removes stale upload sessions now and then.
+fn spawn_upload_expiry(registry: Arc<Registry>) {
+    let every = (registry.config().upload_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    tokio::spawn(async move {
+        loop {
+            match registry.expire_uploads().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "expired upload sessions"),
+                Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}
