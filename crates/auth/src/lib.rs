@@ -1,0 +1,347 @@
+//! Authentication and authorization.
+//!
+//! - [`htpasswd`]: users from an `htpasswd -B` file (bcrypt only);
+//! - [`policy`]: who may do what to which repositories;
+//! - [`token`]: the Docker token protocol (issuing and verifying JWTs);
+//! - [`limiter`]: failed-login rate limiting.
+//!
+//! [`Auth`] ties them together. It knows nothing of HTTP beyond the text of
+//! the `Authorization` and `WWW-Authenticate` headers.
+
+pub mod htpasswd;
+pub mod limiter;
+pub mod policy;
+pub mod token;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use policy::{Action, Rule};
+pub use token::{Access, TokenRequest, TokenResponse};
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// No authentication: everyone may do everything.
+    #[default]
+    None,
+    /// HTTP Basic with htpasswd users.
+    Basic,
+    /// The Docker token protocol (Bearer JWTs from `/token`); Basic is also accepted.
+    Token,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: Mode,
+    /// The htpasswd file (bcrypt hashes).
+    pub htpasswd: String,
+    /// Realm named in Basic challenges.
+    pub realm: String,
+    /// Failed logins allowed per user and per client address per minute.
+    pub max_failures_per_minute: u32,
+    /// Group name → member user names.
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Access rules; anything no rule allows is denied.
+    pub rules: Vec<Rule>,
+    pub token: token::TokenConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: Mode::None,
+            htpasswd: String::new(),
+            realm: "berth".into(),
+            max_failures_per_minute: 10,
+            groups: Default::default(),
+            rules: Vec::new(),
+            token: token::TokenConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("auth.htpasswd: {0}")]
+    Htpasswd(String),
+    #[error("auth.rules: {0}")]
+    Policy(String),
+    #[error("auth.token: {0}")]
+    Token(String),
+}
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Principal {
+    Anonymous,
+    /// Authenticated with a password.
+    User(String),
+    /// Authenticated with a Bearer token: only its grants count.
+    Token { subject: String, access: Vec<Access> },
+}
+
+impl Principal {
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::Anonymous => "anonymous",
+            Principal::User(n) => n,
+            Principal::Token { subject, .. } => subject,
+        }
+    }
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("malformed Authorization header: {0}")]
+    Malformed(&'static str),
+    #[error("too many failed logins; try again later")]
+    RateLimited,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+}
+
+/// How long a successful password check is remembered.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+const CACHE_MAX: usize = 10_000;
+/// Largest Authorization header considered (longer ones are malformed).
+const MAX_AUTH_HEADER: usize = 8192;
+
+pub struct Auth {
+    config: AuthConfig,
+    users: htpasswd::Htpasswd,
+    policy: policy::Policy,
+    tokens: Option<token::TokenService>,
+    limiter: limiter::Limiter,
+    /// Keyed by a salted hash of user and password, never the password.
+    cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    cache_salt: [u8; 32],
+    /// bcrypt is deliberately slow: bound how many run at once.
+    bcrypt_slots: tokio::sync::Semaphore,
+}
+
+impl Auth {
+    /// Builds the authenticator; `state_dir` keeps the token signing key.
+    pub fn new(config: AuthConfig, state_dir: &Path) -> Result<Auth, SetupError> {
+        let users = if config.mode == Mode::None {
+            htpasswd::Htpasswd::default()
+        } else if config.htpasswd.is_empty() {
+            return Err(SetupError::Htpasswd("a file is required when auth.mode is basic or token".into()));
+        } else {
+            htpasswd::Htpasswd::load(Path::new(&config.htpasswd)).map_err(SetupError::Htpasswd)?
+        };
+        let policy = policy::Policy::new(&config.rules, &config.groups).map_err(SetupError::Policy)?;
+        let tokens = match config.mode {
+            Mode::Token => Some(token::TokenService::new(&config.token, state_dir).map_err(SetupError::Token)?),
+            _ => None,
+        };
+        let slots = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(Auth {
+            limiter: limiter::Limiter::new(config.max_failures_per_minute, Duration::from_secs(60)),
+            config,
+            users,
+            policy,
+            tokens,
+            cache: Mutex::new(HashMap::new()),
+            cache_salt: rand::random(),
+            bcrypt_slots: tokio::sync::Semaphore::new(slots),
+        })
+    }
+
+    /// An authenticator that lets everyone do everything.
+    pub fn disabled() -> Auth {
+        Auth::new(AuthConfig::default(), Path::new(".")).expect("default auth config is valid")
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.mode != Mode::None
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.config.mode
+    }
+
+    pub fn users_path(&self) -> PathBuf {
+        PathBuf::from(&self.config.htpasswd)
+    }
+
+    /// Identifies the caller from an `Authorization` header value.
+    pub async fn authenticate(&self, header: Option<&str>, client: IpAddr) -> Result<Principal, AuthFailure> {
+        if !self.enabled() {
+            return Ok(Principal::Anonymous);
+        }
+        let Some(header) = header else { return Ok(Principal::Anonymous) };
+        if header.len() > MAX_AUTH_HEADER {
+            return Err(AuthFailure::Malformed("header too long"));
+        }
+        let (scheme, rest) = header.split_once(' ').ok_or(AuthFailure::Malformed("expected `<scheme> <credentials>`"))?;
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (user, password) = decode_basic(rest.trim())?;
+            self.check_password(&user, &password, client).await.map(Principal::User)
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let tokens = self.tokens.as_ref().ok_or(AuthFailure::InvalidToken("token authentication is not enabled".into()))?;
+            let claims = tokens.verify_access(rest.trim())?;
+            Ok(Principal::Token { subject: claims.sub, access: claims.access })
+        } else {
+            Err(AuthFailure::Malformed("unsupported scheme (use Basic or Bearer)"))
+        }
+    }
+
+    /// Verifies a password, with caching and rate limiting.
+    pub async fn check_password(&self, user: &str, password: &str, client: IpAddr) -> Result<String, AuthFailure> {
+        let key = self.cache_key(user, password);
+        if let Some((name, at)) = self.cache.lock().unwrap().get(&key) {
+            if at.elapsed() < CACHE_TTL && name == user {
+                return Ok(name.clone());
+            }
+        }
+        let user_key = format!("user:{user}");
+        let ip_key = format!("ip:{client}");
+        if self.limiter.blocked(&user_key) || self.limiter.blocked(&ip_key) {
+            tracing::warn!(target: "berth::audit", user, client = %client, "login rate limited");
+            return Err(AuthFailure::RateLimited);
+        }
+        let _slot = self.bcrypt_slots.acquire().await.map_err(|_| AuthFailure::BadCredentials)?;
+        let ok = self.users.verify(user, password).await;
+        if ok {
+            let mut cache = self.cache.lock().unwrap();
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (user.to_string(), Instant::now()));
+            Ok(user.to_string())
+        } else {
+            self.limiter.fail(&user_key);
+            self.limiter.fail(&ip_key);
+            tracing::warn!(target: "berth::audit", user, client = %client, "login failed");
+            Err(AuthFailure::BadCredentials)
+        }
+    }
+
+    fn cache_key(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.cache_salt);
+        h.update((user.len() as u64).to_le_bytes());
+        h.update(user.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Whether `principal` may perform `action` on repository `repo`.
+    pub fn allowed(&self, principal: &Principal, repo: &str, action: Action) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        match principal {
+            Principal::Anonymous => self.policy.allows(None, repo, action),
+            Principal::User(name) => self.policy.allows(Some(name), repo, action),
+            Principal::Token { access, .. } => access.iter().any(|a| a.grants(repo, action)),
+        }
+    }
+
+    /// Whether anonymous callers have any access at all.
+    pub fn anonymous_has_access(&self) -> bool {
+        !self.enabled() || self.policy.anonymous_rules()
+    }
+
+    /// The `WWW-Authenticate` value for a 401. `scope` is e.g.
+    /// `repository:foo:pull,push`; `base_url` is how the client reached us.
+    pub fn challenge(&self, scope: Option<&str>, base_url: &str, error: Option<&str>) -> String {
+        match (&self.tokens, self.config.mode) {
+            (Some(tokens), Mode::Token) => {
+                let realm = tokens.realm(base_url);
+                let mut v = format!("Bearer realm=\"{realm}\",service=\"{}\"", tokens.service());
+                if let Some(scope) = scope {
+                    v.push_str(&format!(",scope=\"{scope}\""));
+                }
+                if let Some(e) = error {
+                    v.push_str(&format!(",error=\"{e}\""));
+                }
+                v
+            }
+            _ => format!("Basic realm=\"{}\"", self.config.realm.replace('"', "")),
+        }
+    }
+
+    /// Serves the token endpoint: authenticates (password, refresh token or
+    /// anonymous) and grants the subset of the requested scopes the policy allows.
+    pub async fn issue_token(&self, req: TokenRequest, client: IpAddr) -> Result<TokenResponse, AuthFailure> {
+        let tokens = self.tokens.as_ref().ok_or(AuthFailure::InvalidToken("token authentication is not enabled".into()))?;
+        let subject: Option<String> = match (&req.username, &req.password, &req.refresh_token) {
+            (_, _, Some(refresh)) => {
+                let sub = tokens.verify_refresh(refresh)?;
+                if !self.users.contains(&sub) {
+                    return Err(AuthFailure::InvalidToken("user no longer exists".into()));
+                }
+                Some(sub)
+            }
+            (Some(u), Some(p), None) => Some(self.check_password(u, p, client).await?),
+            (None, None, None) => None,
+            _ => return Err(AuthFailure::BadCredentials),
+        };
+        let mut granted: Vec<Access> = Vec::new();
+        for scope in &req.scopes {
+            let Some(requested) = Access::parse_scope(scope) else { continue };
+            let actions: Vec<String> = requested
+                .actions
+                .iter()
+                .filter(|a| {
+                    let wanted: Vec<Action> = match a.as_str() {
+                        "*" => vec![Action::Admin],
+                        other => Action::parse(other).into_iter().collect(),
+                    };
+                    !wanted.is_empty()
+                        && requested.kind == "repository"
+                        && wanted.iter().all(|w| self.policy.allows(subject.as_deref(), &requested.name, *w))
+                })
+                .cloned()
+                .collect();
+            // Catalog listing is filtered per repository at request time.
+            let actions = if requested.kind == "registry" && requested.name == "catalog" {
+                requested.actions.clone()
+            } else {
+                actions
+            };
+            granted.push(Access { kind: requested.kind, name: requested.name, actions });
+        }
+        let subject_name = subject.clone().unwrap_or_default();
+        tracing::info!(target: "berth::audit", user = %subject_name, client = %client, scopes = ?req.scopes, "token issued");
+        Ok(tokens.issue(&subject_name, granted, req.offline && subject.is_some()))
+    }
+}
+
+/// Decodes `base64(user:password)`.
+fn decode_basic(b64: &str) -> Result<(String, String), AuthFailure> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| AuthFailure::Malformed("Basic credentials are not valid base64"))?;
+    let text = String::from_utf8(raw).map_err(|_| AuthFailure::Malformed("Basic credentials are not UTF-8"))?;
+    let (user, password) = text.split_once(':').ok_or(AuthFailure::Malformed("Basic credentials lack a ':'"))?;
+    if user.is_empty() {
+        return Err(AuthFailure::Malformed("empty user name"));
+    }
+    Ok((user.to_string(), password.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_decoding() {
+        assert_eq!(decode_basic("YTpi").unwrap(), ("a".into(), "b".into()));
+        assert!(matches!(decode_basic("!!!"), Err(AuthFailure::Malformed(_))));
+        assert!(matches!(decode_basic("YWI="), Err(AuthFailure::Malformed(_)))); // "ab"
+    }
+}
