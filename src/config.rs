@@ -12,6 +12,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub registry: RegistrySection,
+    pub auth: berth_auth::AuthConfig,
+    pub tls: crate::tls::TlsConfig,
     pub log: LogConfig,
 }
 
@@ -53,6 +55,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
             registry: RegistrySection::default(),
+            auth: berth_auth::AuthConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -105,6 +109,24 @@ const DOCS: &[(&str, &str, &str)] = &[
     ("registry", "upload_ttl_secs", "Upload sessions idle this long are removed with their data."),
     ("registry", "max_manifest_bytes", "Largest manifest accepted (413 beyond)."),
     ("registry", "max_page_size", "Most tags or repositories returned per page (clients follow the Link header)."),
+    ("auth", "mode", "Authentication: none (open registry), basic (htpasswd users), or token (Docker token protocol; Basic also accepted)."),
+    ("auth", "htpasswd", "htpasswd file with bcrypt hashes (`berth user add NAME --file F` or `htpasswd -B`)."),
+    ("auth", "realm", "Realm named in Basic challenges."),
+    ("auth", "max_failures_per_minute", "Failed logins allowed per user and per client address each minute (then 429)."),
+    ("auth", "groups", "Groups: name = [\"user\", ...]."),
+    ("auth", "rules", "Access rules; deny unless one allows. Example:\n# [[auth.rules]]\n# repositories = [\"public/**\"]   # globs: * within a component, ** across, {user} = caller\n# actions = [\"pull\"]               # pull, push, delete, admin (all)\n# anonymous = true                # also: users = [\"alice\", \"*\"], groups = [\"ci\"]"),
+    ("auth.token", "issuer", "`iss` of issued tokens."),
+    ("auth.token", "service", "`aud` of issued tokens and `service` in challenges."),
+    ("auth.token", "ttl_secs", "Lifetime of access tokens."),
+    ("auth.token", "refresh_ttl_secs", "Lifetime of refresh tokens (kept by `docker login`)."),
+    ("auth.token", "signing_key", "PEM P-256 private key; generated as DATA_DIR/auth/token-signing-key.pem when empty."),
+    ("auth.token", "realm", "Token endpoint URL in challenges; derived from the request's Host when empty."),
+    ("auth.token", "trusted_issuers", "External token servers: [{ issuer = \"...\", public_key = \"key.pem\" }]."),
+    ("tls", "cert", "PEM certificate chain; TLS is on when cert and key are set (`berth tls self-signed` makes a pair)."),
+    ("tls", "key", "PEM private key."),
+    ("tls", "client_ca", "PEM CA bundle: require client certificates signed by it (mTLS)."),
+    ("tls", "client_auth", "With client_ca: required or optional."),
+    ("tls", "reload_interval_secs", "How often certificate files are checked; changed files are reloaded without restart."),
     ("log", "level", "Log filter: error, warn, info, debug, trace, or a tracing directive list."),
     ("log", "format", "Log format: text or json."),
 ];
@@ -141,6 +163,7 @@ impl Config {
         if self.registry.max_manifest_bytes < 1024 {
             bail!("registry.max_manifest_bytes: must be at least 1024");
         }
+        self.tls.validate()?;
         if self.storage.data_dir.as_os_str().is_empty() {
             bail!("storage.data_dir: must not be empty");
         }
@@ -158,19 +181,35 @@ impl Config {
             "# Berth configuration. Every setting can also be given as an environment\n\
              # variable BERTH_<SECTION>_<KEY>, e.g. BERTH_SERVER_LISTEN=0.0.0.0:5000.\n",
         );
-        let table = value.as_table().expect("table");
-        for (section, entries) in table {
-            out.push_str(&format!("\n[{section}]\n"));
-            for (key, v) in entries.as_table().expect("section table") {
-                let doc = DOCS
-                    .iter()
-                    .find(|(s, k, _)| s == section && k == key)
-                    .map(|(_, _, d)| *d)
-                    .unwrap_or("");
-                out.push_str(&format!("# {doc}\n{key} = {v}\n"));
-            }
+        for (section, entries) in value.as_table().expect("table") {
+            render_section(&mut out, section, entries.as_table().expect("section table"));
         }
         out
+    }
+}
+
+fn doc_for(section: &str, key: &str) -> &'static str {
+    DOCS.iter().find(|(s, k, _)| *s == section && *k == key).map(|(_, _, d)| *d).unwrap_or("")
+}
+
+fn render_section(out: &mut String, name: &str, table: &toml::Table) {
+    out.push_str(&format!("\n[{name}]\n"));
+    let mut nested = Vec::new();
+    for (key, v) in table {
+        if let toml::Value::Table(t) = v {
+            if !t.is_empty() || name.contains('.') {
+                nested.push((key, t));
+                continue;
+            }
+        }
+        for line in doc_for(name, key).lines() {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            out.push_str(&format!("# {line}\n"));
+        }
+        out.push_str(&format!("{key} = {v}\n"));
+    }
+    for (key, t) in nested {
+        render_section(out, &format!("{name}.{key}"), t);
     }
 }
 
@@ -242,12 +281,20 @@ mod tests {
         let text = Config::defaults_toml();
         assert_eq!(parse_text(&text).unwrap(), Config::default());
         let value = toml::Value::try_from(Config::default()).unwrap();
+        fn walk(prefix: &str, t: &toml::Table, count: &mut usize) {
+            for (key, v) in t {
+                match v {
+                    toml::Value::Table(inner) if !inner.is_empty() => walk(&format!("{prefix}.{key}"), inner, count),
+                    _ => {
+                        assert!(!doc_for(prefix, key).is_empty(), "{prefix}.{key} undocumented");
+                        *count += 1;
+                    }
+                }
+            }
+        }
         let mut count = 0;
         for (section, entries) in value.as_table().unwrap() {
-            for key in entries.as_table().unwrap().keys() {
-                assert!(DOCS.iter().any(|(s, k, _)| s == section && k == key), "{section}.{key} undocumented");
-                count += 1;
-            }
+            walk(section, entries.as_table().unwrap(), &mut count);
         }
         assert_eq!(count, DOCS.len());
     }

@@ -2,6 +2,7 @@
 
 mod config;
 mod server;
+mod tls;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +35,44 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage users in an htpasswd file (bcrypt). Passwords are read from a
+    /// prompt, or from the first line of standard input when it is not a terminal.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// TLS helpers.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user.
+    Add { name: String, #[arg(long)] file: PathBuf },
+    /// Change a user's password.
+    Passwd { name: String, #[arg(long)] file: PathBuf },
+    /// Remove a user.
+    Remove { name: String, #[arg(long)] file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a private CA (ca.crt, ca.key) and a server certificate signed by
+    /// it (server.crt, server.key) for the given host names and addresses.
+    SelfSigned {
+        /// DNS name or IP address the server is reached by (repeatable).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = "./berth-tls")]
+        out: PathBuf,
+        /// Validity of the server certificate in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -53,6 +92,13 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Config { command: ConfigCommand::Check { file } } => check(&file),
+        Command::User { command } => user(command),
+        Command::Tls { command: TlsCommand::SelfSigned { hosts, out, days } } => tls::self_signed(&hosts, &out, days)
+            .map(|()| {
+                println!("wrote {0}/ca.crt, {0}/ca.key, {0}/server.crt, {0}/server.key", out.display());
+                println!("serve with: [tls] cert = \"{0}/server.crt\"  key = \"{0}/server.key\"", out.display());
+                println!("clients trust {}/ca.crt (docker: /etc/docker/certs.d/HOST:PORT/ca.crt)", out.display());
+            }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -67,6 +113,49 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     config::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     println!("{}: ok", file.display());
+    Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        if first != again {
+            anyhow::bail!("passwords differ");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        anyhow::bail!("empty password");
+    }
+    Ok(password)
+}
+
+fn user(command: UserCommand) -> anyhow::Result<()> {
+    use berth_auth::htpasswd::update_file;
+    let (name, file, result) = match command {
+        UserCommand::Add { name, file } => {
+            let pw = read_password()?;
+            let r = update_file(&file, &name, Some(&pw), Some(false));
+            (name, file, r.map(|()| "added"))
+        }
+        UserCommand::Passwd { name, file } => {
+            let pw = read_password()?;
+            let r = update_file(&file, &name, Some(&pw), Some(true));
+            (name, file, r.map(|()| "password changed"))
+        }
+        UserCommand::Remove { name, file } => {
+            let r = update_file(&file, &name, None, Some(true));
+            (name, file, r.map(|()| "removed"))
+        }
+    };
+    let what = result.map_err(|e| anyhow::anyhow!(e))?;
+    println!("{name}: {what} ({})", file.display());
     Ok(())
 }
 

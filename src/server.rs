@@ -3,7 +3,9 @@
 
 use crate::config::Config;
 use anyhow::Context;
+use berth_api::access::{ClientAddr, Tls};
 use berth_api::{ApiState, MetricsRender};
+use tower::ServiceExt as _;
 use berth_meta::SqliteMetadata;
 use berth_registry::{Registry, RegistryConfig};
 use berth_storage::FsBlobStore;
@@ -13,6 +15,9 @@ use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// A client must finish the TLS handshake within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = &config.storage.data_dir;
@@ -40,8 +45,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
 
+    let auth = berth_auth::Auth::new(config.auth.clone(), &data_dir.join("auth")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if auth.enabled() && !config.tls.enabled() && !config.listen_addr().ip().is_loopback() {
+        tracing::warn!(
+            "!!! authentication is enabled but TLS is not, on a non-loopback address: passwords and tokens \
+             cross the network in clear text. Configure [tls] (see `berth tls self-signed`). !!!"
+        );
+    }
+    let tls = if config.tls.enabled() {
+        let acceptor = crate::tls::Acceptor::new(&config.tls).context("TLS")?;
+        acceptor.spawn_reloader(config.tls.clone());
+        Some(acceptor)
+    } else {
+        None
+    };
     let app = berth_api::app(ApiState {
         registry: registry.clone(),
+        auth: Arc::new(auth),
         metrics,
         body_idle_timeout: Duration::from_secs(config.server.body_idle_timeout_secs),
     });
@@ -54,7 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(address = %local, data_dir = %data_dir.display(), "berth listening");
     // Tests and scripts read the bound address (port 0 picks one) from stdout.
-    println!("berth listening on http://{local}");
+    println!("berth listening on {}://{local}", if tls.is_some() { "https" } else { "http" });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -66,7 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -75,14 +95,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                let is_tls = tls.is_some();
+                let service = TowerToHyperService::new(app.clone().map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    req.extensions_mut().insert(Tls(is_tls));
+                    req
+                }));
+                match &tls {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        let acceptor = acceptor.get();
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use berth_oci::manifest::OCI_INDEX;
 use berth_oci::{Algorithm, Digest, ErrorCode, Reference, RepoName};
+use berth_auth::{Action, Principal};
 use berth_registry::{Mount, Page, UploadStatus};
 use berth_storage::{ByteStream, UploadId};
 use futures::StreamExt;
@@ -37,6 +38,7 @@ async fn dispatch(state: &ApiState, req: Request<Body>) -> Result<Response<Body>
             Method::GET | Method::HEAD => Ok(json(StatusCode::OK, "{}".into(), head)),
             _ => Err(ApiError::MethodNotAllowed),
         },
+        Route::Token => Ok(crate::access::token_endpoint(state, req).await),
         Route::Health => match method {
             Method::GET | Method::HEAD => Ok(Response::new(Body::from("ok\n"))),
             _ => Err(ApiError::MethodNotAllowed),
@@ -55,7 +57,7 @@ async fn dispatch(state: &ApiState, req: Request<Body>) -> Result<Response<Body>
             _ => Err(ApiError::MethodNotAllowed),
         },
         Route::Catalog => match method {
-            Method::GET => catalog(state, &query).await,
+            Method::GET => catalog(state, &query, &principal(&req)).await,
             _ => Err(ApiError::MethodNotAllowed),
         },
         Route::Tags { name } => {
@@ -94,7 +96,10 @@ async fn dispatch(state: &ApiState, req: Request<Body>) -> Result<Response<Body>
             let repo = repo_name(name)?;
             if id.is_empty() {
                 return match method {
-                    Method::POST => start_upload(state, &repo, &query, req).await,
+                    Method::POST => {
+                        let who = principal(&req);
+                        start_upload(state, &repo, &query, &who, req).await
+                    }
                     _ => Err(ApiError::MethodNotAllowed),
                 };
             }
@@ -126,6 +131,11 @@ async fn dispatch(state: &ApiState, req: Request<Body>) -> Result<Response<Body>
 }
 
 // ---- parsing helpers -----------------------------------------------------
+
+/// The caller, as identified by the access middleware.
+fn principal(req: &Request<Body>) -> Principal {
+    req.extensions().get::<Principal>().cloned().unwrap_or(Principal::Anonymous)
+}
 
 /// Query parameters, in order, repeated keys kept.
 struct Query(Vec<(String, String)>);
@@ -295,9 +305,30 @@ fn paginated(path: &str, page: &Page, n: Option<usize>, body: String) -> Respons
 
 // ---- endpoints -----------------------------------------------------------
 
-async fn catalog(state: &ApiState, query: &Query) -> Result<Response<Body>> {
+/// Pages scanned at most to fill one filtered catalog page.
+const MAX_CATALOG_SCANS: usize = 64;
+
+async fn catalog(state: &ApiState, query: &Query, who: &Principal) -> Result<Response<Body>> {
     let n = query.page_size()?;
-    let page = state.registry.catalog(n, query.get("last")).await?;
+    let mut page = state.registry.catalog(n, query.get("last")).await?;
+    if state.auth.enabled() {
+        // Only repositories the caller may pull; keep scanning to fill the page.
+        let want = page.items.len();
+        let mut kept: Vec<String> = Vec::new();
+        let mut scans = 0;
+        loop {
+            let last_seen = page.items.last().cloned();
+            kept.extend(page.items.drain(..).filter(|r| state.auth.allowed(who, r, Action::Pull)));
+            scans += 1;
+            if kept.len() >= want || !page.more || scans >= MAX_CATALOG_SCANS {
+                break;
+            }
+            page = state.registry.catalog(n, last_seen.as_deref()).await?;
+        }
+        let more = page.more || kept.len() > want;
+        kept.truncate(want);
+        page = Page { items: kept, more };
+    }
     let body = serde_json::json!({ "repositories": page.items }).to_string();
     Ok(paginated("/v2/_catalog", &page, n, body))
 }
@@ -387,12 +418,16 @@ async fn get_blob(state: &ApiState, repo: &RepoName, digest: &Digest, headers: &
     Ok(resp)
 }
 
-async fn start_upload(state: &ApiState, repo: &RepoName, query: &Query, req: Request<Body>) -> Result<Response<Body>> {
+async fn start_upload(state: &ApiState, repo: &RepoName, query: &Query, who: &Principal, req: Request<Body>) -> Result<Response<Body>> {
     let registry = &state.registry;
     if let Some(mount) = query.get("mount") {
         let digest = parse_digest(mount)?;
-        // An invalid source name cannot hold the blob: fall back to an upload.
-        let from = query.get("from").and_then(RepoName::parse);
+        // A source that is invalid, or that the caller may not pull from,
+        // cannot lend the blob: fall back to an ordinary upload.
+        let from = query
+            .get("from")
+            .and_then(RepoName::parse)
+            .filter(|from| state.auth.allowed(who, from.as_str(), Action::Pull));
         return Ok(match registry.mount_blob(repo, &digest, from.as_ref()).await? {
             Mount::Mounted => blob_created(repo, &digest),
             Mount::Upload(status) => upload_response(StatusCode::ACCEPTED, repo, &status),

@@ -7,8 +7,10 @@
 //! - [`handlers`] run one endpoint each;
 //! - [`error`] is the single place where errors become status codes and
 //!   OCI error bodies;
+//! - [`access`] authenticates, authorizes and audits each request;
 //! - [`observe`] logs one line per request and records metrics.
 
+pub mod access;
 pub mod error;
 mod handlers;
 mod observe;
@@ -28,6 +30,7 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: Arc<Registry>,
+    pub auth: Arc<berth_auth::Auth>,
     pub metrics: Option<MetricsRender>,
     /// Longest wait for the next piece of a request body before giving up.
     pub body_idle_timeout: Duration,
@@ -37,6 +40,7 @@ pub struct ApiState {
 pub fn app(state: ApiState) -> axum::Router {
     axum::Router::new()
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::enforce))
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }

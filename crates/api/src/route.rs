@@ -17,6 +17,8 @@ pub enum Route<'a> {
     Upload { name: &'a str, id: &'a str },
     /// `/v2/<name>/referrers/<digest>`
     Referrers { name: &'a str, digest: &'a str },
+    /// `/token`: the Docker token protocol endpoint.
+    Token,
     /// `/healthz`
     Health,
     /// `/metrics`
@@ -35,6 +37,7 @@ impl Route<'_> {
             Route::Blob { .. } => "blob",
             Route::Upload { .. } => "upload",
             Route::Referrers { .. } => "referrers",
+            Route::Token => "token",
             Route::Health => "health",
             Route::Metrics => "metrics",
             Route::NotFound => "not_found",
@@ -45,6 +48,7 @@ impl Route<'_> {
 pub fn parse(path: &str) -> Route<'_> {
     match path {
         "/healthz" => return Route::Health,
+        "/token" => return Route::Token,
         "/metrics" => return Route::Metrics,
         "/v2" | "/v2/" => return Route::Base,
         "/v2/_catalog" => return Route::Catalog,

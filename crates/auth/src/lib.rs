@@ -322,7 +322,7 @@ impl Auth {
 }
 
 /// Decodes `base64(user:password)`.
-fn decode_basic(b64: &str) -> Result<(String, String), AuthFailure> {
+pub fn decode_basic(b64: &str) -> Result<(String, String), AuthFailure> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|_| AuthFailure::Malformed("Basic credentials are not valid base64"))?;
