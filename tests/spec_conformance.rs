@@ -1465,3 +1465,144 @@ fn sigterm_exits_cleanly() {
     let status = s.terminate();
     assert!(status.success(), "exit status {status:?}; stderr:\n{}", s.stderr());
 }
+
+// ---- further edge cases ------------------------------------------------------
+
+#[test]
+fn chunk_length_must_match_its_content_range() {
+    let s = Server::start();
+    let c = client();
+    let data = random_bytes(150);
+    let loc = start_upload(&s, &c, "push/short");
+    // Content-Range announces 100 bytes; only 50 arrive.
+    let r = c.patch(&loc).header("Content-Range", "0-99").body(data[..50].to_vec()).send().unwrap();
+    assert_error(r, 400, &["BLOB_UPLOAD_INVALID", "SIZE_INVALID"]);
+    // The refused chunk left nothing behind.
+    let st = c.get(&loc).send().unwrap();
+    assert_eq!(st.status(), 204);
+    assert_eq!(must_hdr(&st, "range"), "0-0");
+    // Streamed (no Content-Length) with more bytes than declared.
+    let r = c.patch(&loc).header("Content-Range", "0-9").body(streaming(&data)).send().unwrap();
+    assert_error(r, 400, &["BLOB_UPLOAD_INVALID", "SIZE_INVALID"]);
+    assert_eq!(must_hdr(&c.get(&loc).send().unwrap(), "range"), "0-0");
+    // A malformed Content-Range is a bad request, not a server error.
+    let r = c.patch(&loc).header("Content-Range", "garbage").body(data.clone()).send().unwrap();
+    assert_error(r, 400, &["BLOB_UPLOAD_INVALID"]);
+    let r = c.patch(&loc).header("Content-Range", format!("0-{}", u64::MAX)).body(data.clone()).send().unwrap();
+    assert_error(r, 400, &["BLOB_UPLOAD_INVALID", "SIZE_INVALID"]);
+    // A correct chunk still works.
+    let r = c.patch(&loc).header("Content-Range", "0-149").body(data.clone()).send().unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
+    let d = sha256(&data);
+    let r = c.put(with_query(&resolve(&s, &must_hdr(&r, "location")), &format!("digest={d}"))).send().unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+#[test]
+fn final_put_chunk_out_of_order_is_416() {
+    let s = Server::start();
+    let c = client();
+    let data = random_bytes(200);
+    let loc = start_upload(&s, &c, "push/putooo");
+    let r = c.patch(&loc).header("Content-Range", "0-99").body(data[..100].to_vec()).send().unwrap();
+    let loc = resolve(&s, &must_hdr(&r, "location"));
+    let d = sha256(&data);
+    let r = c.put(with_query(&loc, &format!("digest={d}"))).header("Content-Range", "150-199").body(data[150..].to_vec()).send().unwrap();
+    assert_error(r, 416, &["BLOB_UPLOAD_INVALID", "RANGE_INVALID"]);
+    let r = c.put(with_query(&loc, &format!("digest={d}"))).header("Content-Range", "100-199").body(data[100..].to_vec()).send().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+}
+
+#[test]
+fn page_size_is_capped_with_a_next_link() {
+    let s = Server::start_with(&[], &[("BERTH_REGISTRY_MAX_PAGE_SIZE", "2")]);
+    let c = client();
+    let m = image_manifest(&s, &c, "capped");
+    let tags = ["e", "d", "c", "b", "a"];
+    for t in tags {
+        put_manifest_ok(&s, &c, "capped", t, OCI_MANIFEST, &m);
+    }
+    // No n, and an n above the cap: pages of 2, linked to the end.
+    for first in ["/v2/capped/tags/list", "/v2/capped/tags/list?n=100"] {
+        let (all, pages) = follow_pages(&s, &c, first, "tags", 2);
+        assert_eq!(all, ["a", "b", "c", "d", "e"], "{first}");
+        assert_eq!(pages, 3);
+    }
+}
+
+#[test]
+fn manifest_media_type_from_header_or_body() {
+    let s = Server::start();
+    let c = client();
+    let repo = "mt/app";
+    // No mediaType field: the Content-Type is what GET returns.
+    let mut v: Value = serde_json::from_slice(&image_manifest(&s, &c, repo)).unwrap();
+    v.as_object_mut().unwrap().remove("mediaType");
+    let body = serde_json::to_vec(&v).unwrap();
+    put_manifest_ok(&s, &c, repo, "nofield", OCI_MANIFEST, &body);
+    assert_eq!(must_hdr(&get(&s, &c, &format!("/v2/{repo}/manifests/nofield")), "content-type"), OCI_MANIFEST);
+    // Content-Type parameters are tolerated.
+    let body = image_manifest(&s, &c, repo);
+    put_manifest_ok(&s, &c, repo, "params", &format!("{OCI_MANIFEST}; charset=utf-8"), &body);
+    assert_eq!(must_hdr(&get(&s, &c, &format!("/v2/{repo}/manifests/params")), "content-type"), OCI_MANIFEST);
+    // Docker manifest list pushed with its header is served with it.
+    let (_, d) = push_image(&c, &s.url, repo, "child");
+    let list = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": DOCKER_LIST,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": 1}]})).unwrap();
+    let r = c.put(format!("{}/v2/{repo}/manifests/list", s.url)).body(list.clone()).send().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    assert_eq!(must_hdr(&get(&s, &c, &format!("/v2/{repo}/manifests/list")), "content-type"), DOCKER_LIST);
+}
+
+#[test]
+fn deleted_blob_is_not_mountable_and_not_referencable() {
+    let s = Server::start();
+    let c = client();
+    let data = random_bytes(300);
+    let d = push_blob(&c, &s.url, "life/a", &data);
+    push_blob(&c, &s.url, "life/b", &data);
+    assert_eq!(delete(&s, &c, &format!("/v2/life/a/blobs/{d}")).status(), 202);
+    // The same content in another repository is unaffected.
+    assert_eq!(get(&s, &c, &format!("/v2/life/b/blobs/{d}")).bytes().unwrap().as_ref(), &data[..]);
+    // A mount from the repository that deleted it opens an upload instead.
+    let r = c.post(format!("{}/v2/life/c/blobs/uploads/?mount={d}&from=life/a", s.url)).send().unwrap();
+    assert_eq!(r.status(), 202);
+    // A manifest in the deleting repository cannot reference it.
+    push_blob(&c, &s.url, "life/a", b"{}");
+    let m = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_EMPTY, b"{}"), "layers": [descriptor(OCI_LAYER, &data)]})).unwrap();
+    assert_error(put_manifest(&s, &c, "life/a", "v1", OCI_MANIFEST, &m), 400, &["MANIFEST_BLOB_UNKNOWN"]);
+    // Re-uploading brings it back.
+    push_blob(&c, &s.url, "life/a", &data);
+    put_manifest_ok(&s, &c, "life/a", "v1", OCI_MANIFEST, &m);
+}
+
+#[test]
+fn referrers_filter_with_encoded_media_type() {
+    let s = Server::start();
+    let c = client();
+    let repo = "ref/enc";
+    let (body, subject) = push_image(&c, &s.url, repo, "latest");
+    let desc = json!({"mediaType": OCI_MANIFEST, "digest": subject, "size": body.len()});
+    let a = artifact_manifest(&s, &c, repo, Some("application/vnd.example.sig+json"), &desc, "a");
+    put_manifest_ok(&s, &c, repo, &sha256(&a), OCI_MANIFEST, &a);
+    let r = get(&s, &c, &format!("/v2/{repo}/referrers/{subject}?artifactType=application%2Fvnd.example.sig%2Bjson"));
+    assert_eq!(must_hdr(&r, "oci-filters-applied"), "artifactType");
+    assert_eq!(json_body(r)["manifests"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn upload_without_body_then_streamed_put() {
+    let s = Server::start();
+    let c = client();
+    // POST with a body but no digest: the body is not part of the upload
+    // or, if the registry takes it, the status says so.
+    let loc = start_upload(&s, &c, "push/zero");
+    let st = c.get(&loc).send().unwrap();
+    assert_eq!(st.status(), 204);
+    assert_eq!(must_hdr(&st, "range"), "0-0");
+    let empty_digest = sha256(b"");
+    let r = c.put(with_query(&loc, &format!("digest={empty_digest}"))).send().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    assert_eq!(must_hdr(&head(&s, &c, &format!("/v2/push/zero/blobs/{empty_digest}")), "content-length"), "0");
+}

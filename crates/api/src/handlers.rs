@@ -201,8 +201,9 @@ fn parse_range(headers: &HeaderMap) -> Result<Option<(Option<u64>, Option<u64>)>
     Ok(Some((num(a)?, num(b)?)))
 }
 
-/// `Content-Range: <start>-<end>` on upload chunks (a `bytes ` prefix is tolerated).
-fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>> {
+/// `Content-Range: <start>-<end>` on upload chunks (a `bytes ` prefix is
+/// tolerated), as the chunk's start and length (the end is inclusive).
+fn chunk_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>> {
     let Some(v) = header_str(headers, header::CONTENT_RANGE) else { return Ok(None) };
     let v = v.trim().trim_start_matches("bytes").trim().trim_start_matches('=');
     let v = v.split('/').next().unwrap_or("");
@@ -216,7 +217,42 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>> {
     if end < start {
         return Err(ApiError::Registry(berth_registry::RegistryError::ChunkOutOfOrder { current_size: start }));
     }
-    Ok(Some(start))
+    Ok(Some((start, (end - start).saturating_add(1))))
+}
+
+/// Fails the body unless it carries exactly the `len` bytes its
+/// Content-Range declares; the store then keeps none of it.
+fn declared_length(body: ByteStream, len: u64) -> ByteStream {
+    use std::io::{Error, ErrorKind};
+    let mismatch = move |seen: u64| {
+        let what = if seen > len { "more" } else { "fewer" };
+        Error::new(ErrorKind::InvalidData, format!("chunk has {what} bytes than the {len} its Content-Range declares"))
+    };
+    futures::stream::unfold(Some((body, 0u64)), move |state| async move {
+        let (mut body, seen) = state?;
+        match body.next().await {
+            Some(Ok(bytes)) => {
+                let seen = seen + bytes.len() as u64;
+                if seen > len {
+                    Some((Err(mismatch(seen)), None))
+                } else {
+                    Some((Ok(bytes), Some((body, seen))))
+                }
+            }
+            Some(Err(e)) => Some((Err(e), None)),
+            None if seen != len => Some((Err(mismatch(seen)), None)),
+            None => None,
+        }
+    })
+    .boxed()
+}
+
+/// The body of an upload chunk, held to its Content-Range when it has one.
+fn chunk_body(range: Option<(u64, u64)>, body: ByteStream) -> ByteStream {
+    match range {
+        Some((_, len)) => declared_length(body, len),
+        None => body,
+    }
 }
 
 /// The request body as a byte stream that fails if the client stalls.
@@ -450,9 +486,9 @@ async fn start_upload(state: &ApiState, repo: &RepoName, query: &Query, who: &Pr
 }
 
 async fn patch_upload(state: &ApiState, repo: &RepoName, id: &UploadId, req: Request<Body>) -> Result<Response<Body>> {
-    let start = chunk_start(req.headers())?;
-    let body = body_stream(req.into_body(), state.body_idle_timeout);
-    match state.registry.append_chunk(repo, id, start, body).await {
+    let range = chunk_range(req.headers())?;
+    let body = chunk_body(range, body_stream(req.into_body(), state.body_idle_timeout));
+    match state.registry.append_chunk(repo, id, range.map(|(start, _)| start), body).await {
         Ok(status) => Ok(upload_response(StatusCode::ACCEPTED, repo, &status)),
         Err(berth_registry::RegistryError::ChunkOutOfOrder { current_size }) => {
             // 416 with where the upload stands, so the client can resume.
@@ -475,9 +511,9 @@ async fn finish_upload(state: &ApiState, repo: &RepoName, id: &UploadId, query: 
         .get("digest")
         .ok_or_else(|| ApiError::DigestInvalid("the digest query parameter is required to finish an upload".into()))?;
     let digest = parse_digest(digest)?;
-    let start = chunk_start(req.headers())?;
-    let body = body_stream(req.into_body(), state.body_idle_timeout);
-    state.registry.complete_upload(repo, id, &digest, start, Some(body)).await?;
+    let range = chunk_range(req.headers())?;
+    let body = chunk_body(range, body_stream(req.into_body(), state.body_idle_timeout));
+    state.registry.complete_upload(repo, id, &digest, range.map(|(start, _)| start), Some(body)).await?;
     Ok(blob_created(repo, &digest))
 }
 
