@@ -14,6 +14,7 @@ pub struct Config {
     pub registry: RegistrySection,
     pub auth: berth_auth::AuthConfig,
     pub tls: crate::tls::TlsConfig,
+    pub encryption: crate::encryption::EncryptionConfig,
     pub log: LogConfig,
 }
 
@@ -57,6 +58,7 @@ impl Default for Config {
             registry: RegistrySection::default(),
             auth: berth_auth::AuthConfig::default(),
             tls: crate::tls::TlsConfig::default(),
+            encryption: crate::encryption::EncryptionConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -127,6 +129,9 @@ const DOCS: &[(&str, &str, &str)] = &[
     ("tls", "client_ca", "PEM CA bundle: require client certificates signed by it (mTLS)."),
     ("tls", "client_auth", "With client_ca: required or optional."),
     ("tls", "reload_interval_secs", "How often certificate files are checked; changed files are reloaded without restart."),
+    ("encryption", "key_file", "Encrypt blobs and manifests at rest with this key (base64, 32 bytes; `berth encryption new-key`). Off when empty."),
+    ("encryption", "key", "The key itself, base64: set it as BERTH_ENCRYPTION_KEY rather than in a file you share."),
+    ("encryption", "previous_key_files", "Earlier keys: data sealed with them is re-encrypted with the current key in the background."),
     ("log", "level", "Log filter: error, warn, info, debug, trace, or a tracing directive list."),
     ("log", "format", "Log format: text or json."),
 ];

@@ -1,6 +1,7 @@
 //! `berth`: the registry server and its command-line tools.
 
 mod config;
+mod encryption;
 mod server;
 mod tls;
 
@@ -41,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Encryption-at-rest helpers.
+    Encryption {
+        #[command(subcommand)]
+        command: EncryptionCommand,
+    },
     /// TLS helpers.
     Tls {
         #[command(subcommand)]
@@ -56,6 +62,12 @@ enum UserCommand {
     Passwd { name: String, #[arg(long)] file: PathBuf },
     /// Remove a user.
     Remove { name: String, #[arg(long)] file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum EncryptionCommand {
+    /// Print a new random key (base64) for encryption.key_file or BERTH_ENCRYPTION_KEY.
+    NewKey,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +105,10 @@ fn main() -> std::process::ExitCode {
         }
         Command::Config { command: ConfigCommand::Check { file } } => check(&file),
         Command::User { command } => user(command),
+        Command::Encryption { command: EncryptionCommand::NewKey } => {
+            println!("{}", encryption::new_key());
+            Ok(())
+        }
         Command::Tls { command: TlsCommand::SelfSigned { hosts, out, days } } => tls::self_signed(&hosts, &out, days)
             .map(|()| {
                 println!("wrote {0}/ca.crt, {0}/ca.key, {0}/server.crt, {0}/server.key", out.display());

@@ -22,11 +22,35 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = &config.storage.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let blobs = FsBlobStore::open(data_dir).await.context("opening blob storage")?;
-    let meta = SqliteMetadata::open(data_dir.join("metadata.db")).context("opening metadata")?;
+    let encryption = crate::encryption::setup(&config.encryption, data_dir)?;
+    if encryption.keyring.is_some() {
+        tracing::info!("encryption at rest is on");
+    }
+    let blobs = Arc::new(FsBlobStore::open_with(data_dir, encryption.keyring.clone()).await.context("opening blob storage")?);
+    let meta = Arc::new(
+        SqliteMetadata::open_with(data_dir.join("metadata.db"), encryption.keyring.clone()).context("opening metadata")?,
+    );
+    if encryption.rotate {
+        // Serve while re-encrypting; old keys keep reading until it is done.
+        let (blobs, meta, dir) = (blobs.clone(), meta.clone(), data_dir.clone());
+        tokio::spawn(async move {
+            tracing::info!("encryption key changed: re-encrypting stored data in the background");
+            let result = async {
+                let b = blobs.reencrypt_all().await?;
+                let m = meta.reencrypt_manifests().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                encryption.rotation_done(&dir)?;
+                Ok::<_, anyhow::Error>((b, m))
+            }
+            .await;
+            match result {
+                Ok((b, m)) => tracing::info!(blobs = b, manifests = m, "re-encryption finished"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "re-encryption failed; it resumes at the next start"),
+            }
+        });
+    }
     let registry = Arc::new(Registry::new(
-        Arc::new(blobs),
-        Arc::new(meta),
+        blobs,
+        meta,
         RegistryConfig {
             delete_enabled: config.registry.delete_enabled,
             upload_ttl: Duration::from_secs(config.registry.upload_ttl_secs),

@@ -73,6 +73,8 @@ pub struct SqliteMetadata {
 
 struct Inner {
     path: PathBuf,
+    /// When set, manifest bodies are stored encrypted.
+    keyring: Option<berth_crypt::Keyring>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -98,6 +100,11 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 impl SqliteMetadata {
     /// Opens (creating and migrating as needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteMetadata> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens a store that encrypts manifest bodies with `keyring`.
+    pub fn open_with(path: impl AsRef<Path>, keyring: Option<berth_crypt::Keyring>) -> Result<SqliteMetadata> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
@@ -106,8 +113,37 @@ impl SqliteMetadata {
         configure(&writer).map_err(backend)?;
         migrate(&mut writer)?;
         Ok(SqliteMetadata {
-            inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+            inner: Arc::new(Inner { path, keyring, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
         })
+    }
+
+    /// Re-encrypts manifest bodies sealed with an older key; returns how many.
+    pub async fn reencrypt_manifests(&self) -> Result<usize> {
+        let Some(ring) = self.inner.keyring.clone() else { return Ok(0) };
+        self.write(move |tx| {
+            let rows: Vec<(i64, String, Vec<u8>)> = {
+                let mut stmt = tx.prepare("SELECT repo_id, digest, body FROM manifests").map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(backend)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(backend)?;
+                rows
+            };
+            let mut n = 0;
+            for (repo, digest, body) in rows {
+                if body.get(8..16) == Some(&ring.current().id()[..]) {
+                    continue;
+                }
+                let plain = berth_crypt::open_value(&ring, &body).map_err(backend)?;
+                let sealed = berth_crypt::seal_value(&ring, &plain);
+                tx.execute("UPDATE manifests SET body = ?3 WHERE repo_id = ?1 AND digest = ?2", params![repo, digest, sealed])
+                    .map_err(backend)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -248,6 +284,10 @@ impl MetadataStore for SqliteMetadata {
     async fn put_manifest(&self, repo: &RepoName, record: ManifestRecord, tag: Option<&Tag>) -> Result<()> {
         let repo = repo.to_string();
         let tag = tag.map(|t| t.to_string());
+        let stored_body: Vec<u8> = match &self.inner.keyring {
+            Some(ring) => berth_crypt::seal_value(ring, &record.body),
+            None => record.body.to_vec(),
+        };
         self.write(move |tx| {
             let now = now_secs();
             let id = ensure_repo(tx, &repo, now)?;
@@ -291,7 +331,7 @@ impl MetadataStore for SqliteMetadata {
                     record.subject.as_ref().map(|s| s.to_string()),
                     record.annotations_json,
                     record.body.len() as i64,
-                    &record.body[..],
+                    &stored_body[..],
                     now
                 ],
             )
@@ -320,7 +360,8 @@ impl MetadataStore for SqliteMetadata {
     async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Option<StoredManifest>> {
         let repo = repo.to_string();
         let reference = reference.clone();
-        self.read(move |c| {
+        let keyring = self.inner.keyring.clone();
+        let found = self.read(move |c| {
             let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, String, Vec<u8>)> {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             };
@@ -344,11 +385,16 @@ impl MetadataStore for SqliteMetadata {
                     )
                     .optional()?,
             };
-            Ok(found.and_then(|(digest, media_type, body)| {
-                Some(StoredManifest { digest: digest.parse().ok()?, media_type, body: Bytes::from(body) })
-            }))
+            Ok(found)
         })
-        .await
+        .await?;
+        let Some((digest, media_type, body)) = found else { return Ok(None) };
+        let body = match &keyring {
+            Some(ring) => berth_crypt::open_value(ring, &body).map_err(backend)?,
+            None => body,
+        };
+        let Ok(digest) = digest.parse() else { return Ok(None) };
+        Ok(Some(StoredManifest { digest, media_type, body: Bytes::from(body) }))
     }
 
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -550,6 +596,31 @@ mod tests {
         assert_eq!(db.list_tags(&repo("a/b"), None, 10).await.unwrap(), Some(vec![]));
         assert!(db.delete_manifest(&repo("a/b"), &referrer.digest).await.unwrap());
         assert!(db.list_repositories(None, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn encrypted_bodies() {
+        use berth_crypt::{Keyring, MasterKey};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let old = Keyring::new(MasterKey::new([1; 32]), vec![]);
+        let db = SqliteMetadata::open_with(&path, Some(old)).unwrap();
+        let m = record(b"secret-manifest-marker", vec![], None);
+        db.put_manifest(&repo("x"), m.clone(), Some(&Tag::parse("t").unwrap())).await.unwrap();
+        drop(db);
+        let raw = std::fs::read(&path).unwrap();
+        let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
+        let needle = b"secret-manifest-marker";
+        assert!(!raw.windows(needle.len()).any(|w| w == needle) && !wal.windows(needle.len()).any(|w| w == needle));
+        let rotated = Keyring::new(MasterKey::new([2; 32]), vec![MasterKey::new([1; 32])]);
+        let db = SqliteMetadata::open_with(&path, Some(rotated)).unwrap();
+        assert_eq!(db.reencrypt_manifests().await.unwrap(), 1);
+        drop(db);
+        let db = SqliteMetadata::open_with(&path, Some(Keyring::new(MasterKey::new([2; 32]), vec![]))).unwrap();
+        let got = db.get_manifest(&repo("x"), &Reference::Digest(m.digest.clone())).await.unwrap().unwrap();
+        assert_eq!(&got.body[..], needle);
+        let wrong = SqliteMetadata::open_with(&path, Some(Keyring::new(MasterKey::new([3; 32]), vec![]))).unwrap();
+        assert!(wrong.get_manifest(&repo("x"), &Reference::Digest(m.digest)).await.is_err());
     }
 
     #[tokio::test]

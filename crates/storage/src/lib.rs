@@ -4,6 +4,7 @@
 //! visible to clients: that is the metadata store's job.
 
 mod fs;
+mod sealed;
 
 pub use fs::FsBlobStore;
 
