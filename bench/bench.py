@@ -1,0 +1,618 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of Berth and CNCF distribution (docker-registry).
+
+Both servers run at the same time, each on its own ephemeral loopback port
+with a fresh temporary data directory. Every phase runs against Berth first
+and then against distribution, with the other server idle. See README.md.
+"""
+
+import argparse
+import concurrent.futures
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.parse
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
+
+MB = 1_000_000
+MIB = 1 << 20
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Synthetic images
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_blob(layout, data):
+    digest = sha256_hex(data)
+    path = os.path.join(layout, "blobs", "sha256", digest)
+    with open(path, "wb") as f:
+        f.write(data)
+    return "sha256:" + digest, len(data)
+
+
+def make_layer(size):
+    """A tar holding one file of random bytes, wrapped in gzip with
+    stored (level 0) deflate blocks: a valid gzip stream that costs no CPU to
+    produce, and that skopeo copies as-is instead of recompressing."""
+    payload = os.urandom(size)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("data.bin")
+        info.size = size
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(payload))
+    raw = buf.getvalue()
+    comp = zlib.compressobj(0, zlib.DEFLATED, 31)
+    gz = comp.compress(raw) + comp.flush()
+    return gz, "sha256:" + sha256_hex(raw)
+
+
+def make_image_set(layout, prefix, images, layers, layer_size):
+    """Writes an OCI layout with `images` images of `layers` random layers.
+    Returns (tags, total bytes of all blobs and manifests)."""
+    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    tags, total = [], 0
+    for i in range(images):
+        descs, diff_ids = [], []
+        for _ in range(layers):
+            gz, diff_id = make_layer(layer_size)
+            d, n = write_blob(layout, gz)
+            descs.append({"mediaType": OCI_LAYER_GZIP, "digest": d, "size": n})
+            diff_ids.append(diff_id)
+            total += n
+        config = {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": [f"BENCH_IMAGE={prefix}{i}", f"NONCE={os.urandom(8).hex()}"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+        cd, cn = write_blob(layout, json.dumps(config).encode())
+        total += cn
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": cd, "size": cn},
+            "layers": descs,
+        }
+        md, mn = write_blob(layout, json.dumps(manifest).encode())
+        total += mn
+        tag = f"{prefix}{i}"
+        index["manifests"].append({
+            "mediaType": OCI_MANIFEST, "digest": md, "size": mn,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        })
+        tags.append(tag)
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump(index, f)
+    return tags, total
+
+
+# ---------------------------------------------------------------------------
+# Servers
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(addr, proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server at {addr} exited with {proc.returncode}")
+        try:
+            c = http.client.HTTPConnection(addr, timeout=2)
+            c.request("GET", "/v2/")
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status in (200, 401):
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server at {addr} not ready after {timeout}s")
+
+
+class Server:
+    def __init__(self, name, proc, addr, data_dir, log_path):
+        self.name, self.proc, self.addr, self.data_dir, self.log_path = name, proc, addr, data_dir, log_path
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_berth(binary, root):
+    data = os.path.join(root, "berth-data")
+    os.makedirs(data)
+    log_path = os.path.join(root, "berth.log")
+    errf = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data],
+        stdout=subprocess.PIPE, stderr=errf, text=True)
+    addr = None
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"berth listening on http://(\S+)", line)
+        if m:
+            addr = m.group(1)
+            break
+    if addr is None:
+        proc.kill()
+        raise RuntimeError(f"berth did not report its address; see {log_path}")
+    # Keep draining stdout so the server never blocks on a full pipe.
+    threading_drain(proc.stdout)
+    wait_ready(addr, proc)
+    return Server("berth", proc, addr, data, log_path)
+
+
+def threading_drain(stream):
+    import threading
+
+    def drain():
+        for _ in stream:
+            pass
+    threading.Thread(target=drain, daemon=True).start()
+
+
+def start_distribution(binary, root):
+    data = os.path.join(root, "dist-data")
+    os.makedirs(data)
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    cfg = os.path.join(root, "dist-config.yml")
+    with open(cfg, "w") as f:
+        f.write(f"""version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: {data}
+  delete:
+    enabled: true
+http:
+  addr: {addr}
+""")
+    log_path = os.path.join(root, "dist.log")
+    errf = open(log_path, "wb")
+    proc = subprocess.Popen([binary, "serve", cfg], stdout=errf, stderr=errf)
+    wait_ready(addr, proc)
+    return Server("distribution", proc, addr, data, log_path)
+
+
+# ---------------------------------------------------------------------------
+# HTTP helpers
+
+
+class Client:
+    """One keep-alive connection with a few registry conveniences."""
+
+    def __init__(self, addr):
+        self.addr = addr
+        self.conn = http.client.HTTPConnection(addr, timeout=120)
+
+    def req(self, method, path, body=None, headers=None, expect=None):
+        headers = dict(headers or {})
+        if body is not None and "Content-Length" not in headers:
+            headers["Content-Length"] = str(len(body))
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            r = self.conn.getresponse()
+        except (http.client.HTTPException, OSError):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.addr, timeout=120)
+            self.conn.request(method, path, body=body, headers=headers)
+            r = self.conn.getresponse()
+        data = r.read()
+        if expect is not None and r.status not in expect:
+            raise RuntimeError(f"{method} {path} -> {r.status}: {data[:300]!r}")
+        return r, data
+
+    @staticmethod
+    def path_of(location):
+        u = urllib.parse.urlsplit(location)
+        return u.path + ("?" + u.query if u.query else "")
+
+    def upload_blob(self, repo, data):
+        digest = "sha256:" + sha256_hex(data)
+        r, _ = self.req("POST", f"/v2/{repo}/blobs/uploads/", body=b"", expect=(202,))
+        loc = self.path_of(r.getheader("Location"))
+        sep = "&" if "?" in loc else "?"
+        self.req("PUT", f"{loc}{sep}digest={digest}", body=data,
+                 headers={"Content-Type": "application/octet-stream"}, expect=(201,))
+        return digest
+
+    def mount(self, repo, digest, source):
+        r, _ = self.req("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={source}", body=b"")
+        if r.status == 201:
+            return
+        if r.status != 202:
+            raise RuntimeError(f"mount into {repo} -> {r.status}")
+        raise RuntimeError(f"{self.addr}: cross-repository mount not honoured")
+
+    def put_manifest(self, repo, ref, body):
+        self.req("PUT", f"/v2/{repo}/manifests/{ref}", body=body,
+                 headers={"Content-Type": OCI_MANIFEST}, expect=(201,))
+
+    def close(self):
+        self.conn.close()
+
+
+def tiny_image(client, repo):
+    """Uploads a tiny config and layer to `repo`; returns (manifest bytes, blob digests)."""
+    gz, diff_id = make_layer(64)
+    layer = client.upload_blob(repo, gz)
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    cfg = client.upload_blob(repo, config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": cfg, "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer, "size": len(gz)}],
+    }).encode()
+    return manifest, [cfg, layer]
+
+
+# ---------------------------------------------------------------------------
+# Measurements
+
+
+def skopeo_copy(src, dst):
+    cmd = ["skopeo", "--insecure-policy", "copy", "--quiet",
+           "--src-tls-verify=false", "--dest-tls-verify=false", src, dst]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+
+
+def push_sequential(srv, layout, tags, total):
+    t0 = time.perf_counter()
+    for tag in tags:
+        skopeo_copy(f"oci:{layout}:{tag}", f"docker://{srv.addr}/bench/seq-{tag}:latest")
+    return total / (time.perf_counter() - t0) / MB
+
+
+def push_parallel(srv, layout, tags, total, workers=4):
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futs = [pool.submit(skopeo_copy, f"oci:{layout}:{tag}", f"docker://{srv.addr}/bench/par-{tag}:latest")
+                for tag in tags]
+        for f in futs:
+            f.result()
+    return total / (time.perf_counter() - t0) / MB
+
+
+def pull(srv, tags, total, out_dir):
+    t0 = time.perf_counter()
+    for tag in tags:
+        skopeo_copy(f"docker://{srv.addr}/bench/seq-{tag}:latest", f"oci:{out_dir}:{tag}")
+    secs = time.perf_counter() - t0
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return total / secs / MB
+
+
+def curl(args):
+    r = subprocess.run(["curl", "-sS"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"curl {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def raw_put(srv, path, digest, size, tries):
+    """POST to open an upload, then one PUT ?digest= carrying the whole blob."""
+    best = 0.0
+    c = Client(srv.addr)
+    for _ in range(tries):
+        r, _ = c.req("POST", "/v2/bench/big/blobs/uploads/", body=b"", expect=(202,))
+        loc = Client.path_of(r.getheader("Location"))
+        sep = "&" if "?" in loc else "?"
+        out = curl(["-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-X", "PUT",
+                    "-H", "Content-Type: application/octet-stream", "-H", "Expect:",
+                    "-T", path, f"http://{srv.addr}{loc}{sep}digest={digest}"])
+        code, secs = out.split()
+        if code != "201":
+            raise RuntimeError(f"{srv.name}: monolithic PUT -> {code}")
+        best = max(best, size / float(secs) / MB)
+    c.close()
+    return best
+
+
+def blob_get(srv, digest, size, tries):
+    best = 0.0
+    for _ in range(tries):
+        out = curl(["-o", "/dev/null", "-w", "%{http_code} %{size_download} %{speed_download}",
+                    f"http://{srv.addr}/v2/bench/big/blobs/{digest}"])
+        code, got, speed = out.split()
+        if code != "200" or int(got) != size:
+            raise RuntimeError(f"{srv.name}: blob GET -> {code}, {got} bytes")
+        best = max(best, float(speed) / MB)
+    return best
+
+
+def parse_wrk_latency(text):
+    v = float(re.match(r"[\d.]+", text).group(0))
+    unit = text[len(re.match(r"[\d.]+", text).group(0)):]
+    return v * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk_manifest(srv, url_path, conns, secs, lua):
+    threads = min(2, conns)
+    r = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--latency", "-s", lua,
+                        f"http://{srv.addr}{url_path}"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = r.stdout
+    m_rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    m_p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M)
+    if r.returncode != 0 or not m_rps or not m_p99:
+        raise RuntimeError(f"wrk failed:\n{out}")
+    if "Non-2xx" in out or "Socket errors" in out:
+        log(f"{srv.name}: wrk reported errors:\n{out}")
+    return float(m_rps.group(1)), parse_wrk_latency(m_p99.group(1))
+
+
+def median_get_ms(srv, path, n, check):
+    c = Client(srv.addr)
+    r, data = c.req("GET", path, expect=(200,))  # warm-up
+    check(data)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r, data = c.req("GET", path, expect=(200,))
+        times.append((time.perf_counter() - t0) * 1000)
+    c.close()
+    return statistics.median(times)
+
+
+def fill_tags(srv, repo, count):
+    c = Client(srv.addr)
+    manifest, _ = tiny_image(c, repo)
+    for i in range(count):
+        c.put_manifest(repo, f"t{i:04d}", manifest)
+    c.close()
+
+
+def fill_repos(srv, count):
+    c = Client(srv.addr)
+    seed = "bench/catalog-seed"
+    manifest, blobs = tiny_image(c, seed)
+    c.put_manifest(seed, "latest", manifest)
+    for i in range(count):
+        repo = f"cat/r{i:04d}"
+        for d in blobs:
+            c.mount(repo, d, seed)
+        c.put_manifest(repo, "latest", manifest)
+    c.close()
+
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def du_bytes(path):
+    out = subprocess.run(["du", "-sb", path], stdout=subprocess.PIPE, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+
+def fmt(v, digits):
+    if v is None:
+        return "error"
+    return f"{v:,.{digits}f}"
+
+
+def render(rows, meta):
+    lines = [
+        "| Metric | Berth | distribution | Ratio (berth/dist) | Better |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, b, d, digits, better in rows:
+        ratio = f"{b / d:.2f}x" if b is not None and d is not None and d else "n/a"
+        lines.append(f"| {name} | {fmt(b, digits)} | {fmt(d, digits)} | {ratio} | {better} |")
+    head = [f"# Berth vs distribution ({meta['when']})", "",
+            f"- mode: {meta['mode']}; host: {meta['cpus']} CPUs, loopback, client on the same machine",
+            f"- berth: `{meta['berth']}` ({meta['berth_rev']})",
+            f"- distribution: {meta['dist_version']}",
+            f"- push/pull payload: {meta['payload']}",
+            f"- elapsed: {meta['elapsed']:.0f} s", ""]
+    return "\n".join(head + lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    ap.add_argument("--berth", default=os.path.join(REPO_ROOT, "target", "release", "berth"))
+    ap.add_argument("--distribution", default="/usr/bin/docker-registry")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "latest.md"))
+    args = ap.parse_args()
+
+    if args.quick:
+        P = dict(images=4, layers=2, layer_size=2 * MIB, big=32 * MIB, tries=2,
+                 wrk_secs=3, tags=100, repos=100, gets=5)
+    else:
+        # 8 images x 3 layers x ~8.3 MB = ~200 MB per image set.
+        P = dict(images=8, layers=3, layer_size=8_300_000, big=256 * MIB, tries=3,
+                 wrk_secs=10, tags=1000, repos=1000, gets=20)
+
+    started = time.time()
+    root = tempfile.mkdtemp(prefix="berth-bench-")
+    log(f"work dir {root}")
+    servers = []
+    rows = []
+    try:
+        log("generating synthetic images")
+        seq_layout = os.path.join(root, "img-seq")
+        par_layout = os.path.join(root, "img-par")
+        seq_tags, seq_total = make_image_set(seq_layout, "s", P["images"], P["layers"], P["layer_size"])
+        par_tags, par_total = make_image_set(par_layout, "p", P["images"], P["layers"], P["layer_size"])
+        big_path = os.path.join(root, "big.bin")
+        h = hashlib.sha256()
+        with open(big_path, "wb") as f:
+            left = P["big"]
+            while left:
+                chunk = os.urandom(min(left, 8 * MIB))
+                h.update(chunk)
+                f.write(chunk)
+                left -= len(chunk)
+        big_digest = "sha256:" + h.hexdigest()
+        lua = os.path.join(root, "accept.lua")
+        with open(lua, "w") as f:
+            f.write(f'wrk.method = "GET"\nwrk.headers["Accept"] = "{ACCEPT}"\n')
+
+        berth = start_berth(args.berth, root)
+        servers.append(berth)
+        dist = start_distribution(args.distribution, root)
+        servers.append(dist)
+        log(f"berth on {berth.addr} (pid {berth.proc.pid}), distribution on {dist.addr} (pid {dist.proc.pid})")
+
+        def both(label, fn):
+            out = []
+            for s in servers:
+                # Flush dirty pages left by the previous phase (distribution
+                # does not fsync uploads), so neither server pays for the
+                # other's background writeback.
+                os.sync()
+                t0 = time.perf_counter()
+                try:
+                    v = fn(s)
+                except Exception as e:  # keep going: one failure must not hide the rest
+                    log(f"{s.name}: {label} failed: {e}")
+                    v = None
+                log(f"{s.name}: {label}: {v if not isinstance(v, float) else round(v, 3)} "
+                    f"({time.perf_counter() - t0:.1f} s)")
+                out.append(v)
+            return out
+
+        b, d = both("push sequential", lambda s: push_sequential(s, seq_layout, seq_tags, seq_total))
+        rows.append(("Push, sequential skopeo copy (MB/s)", b, d, 1, "higher"))
+        b, d = both("push parallel", lambda s: push_parallel(s, par_layout, par_tags, par_total))
+        rows.append(("Push, 4 parallel skopeo copies (MB/s)", b, d, 1, "higher"))
+        b, d = both("pull", lambda s: pull(s, seq_tags, seq_total, os.path.join(root, f"pull-{s.name}")))
+        rows.append(("Pull, sequential skopeo copy (MB/s)", b, d, 1, "higher"))
+
+        big_mib = P["big"] // MIB
+        b, d = both("monolithic PUT", lambda s: raw_put(s, big_path, big_digest, P["big"], P["tries"]))
+        put_row = (f"Monolithic PUT of one {big_mib} MiB blob, best of {P['tries']} (MB/s)", b, d, 1, "higher")
+        b, d = both("blob GET", lambda s: blob_get(s, big_digest, P["big"], P["tries"]))
+        rows.append((f"GET of one {big_mib} MiB blob, best of {P['tries']} (MB/s)", b, d, 1, "higher"))
+        rows.append(put_row)
+
+        manifest_path = f"/v2/bench/seq-{seq_tags[0]}/manifests/latest"
+        for conns in (16, 64):
+            res = both(f"manifest GET c={conns}",
+                       lambda s, conns=conns: wrk_manifest(s, manifest_path, conns, P["wrk_secs"], lua))
+            rps = [r[0] if r else None for r in res]
+            p99 = [r[1] if r else None for r in res]
+            rows.append((f"Manifest GET, {conns} connections (req/s)", rps[0], rps[1], 0, "higher"))
+            rows.append((f"Manifest GET, {conns} connections, p99 (ms)", p99[0], p99[1], 2, "lower"))
+
+        n_tags, n_repos = P["tags"], P["repos"]
+        both("fill tags", lambda s: fill_tags(s, "bench/tags", n_tags))
+
+        def check_tags(data):
+            got = len(json.loads(data).get("tags") or [])
+            if got != n_tags:
+                log(f"warning: tags/list returned {got} tags, expected {n_tags}")
+
+        b, d = both("tags list", lambda s: median_get_ms(s, "/v2/bench/tags/tags/list", P["gets"], check_tags))
+        rows.append((f"Tags list, {n_tags} tags, median of {P['gets']} (ms)", b, d, 2, "lower"))
+
+        both("fill repos", lambda s: fill_repos(s, n_repos))
+
+        def check_catalog(data):
+            got = len(json.loads(data).get("repositories") or [])
+            if got != n_repos:
+                log(f"warning: catalog returned {got} repositories, expected {n_repos}")
+
+        b, d = both("catalog", lambda s: median_get_ms(s, f"/v2/_catalog?n={n_repos}", P["gets"], check_catalog))
+        rows.append((f"Catalog, n={n_repos} of {n_repos}+ repos, median of {P['gets']} (ms)", b, d, 2, "lower"))
+
+        hwm = [vm_hwm_kib(s.proc.pid) / 1024 for s in servers]
+        rows.append(("Peak RSS over the run, VmHWM (MiB)", hwm[0], hwm[1], 1, "lower"))
+        for s in servers:
+            s.stop()
+        disk = [du_bytes(s.data_dir) / MB for s in servers]
+        rows.append(("Data dir size at the end, du -sb (MB)", disk[0], disk[1], 1, "lower"))
+
+        rev = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        dver = subprocess.run([args.distribution, "--version"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True).stdout.strip()
+        meta = dict(
+            when=time.strftime("%Y-%m-%d %H:%M:%S"), mode="quick" if args.quick else "full",
+            cpus=os.cpu_count(), berth=os.path.relpath(args.berth, REPO_ROOT) if args.berth.startswith(REPO_ROOT) else args.berth,
+            berth_rev=f"git {rev}" if rev else "unknown revision", dist_version=dver,
+            payload=f"{P['images']} images x {P['layers']} layers x {P['layer_size'] / MB:.1f} MB "
+                    f"= {seq_total / MB:.0f} MB per set",
+            elapsed=time.time() - started)
+        table = render(rows, meta)
+        print(table)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(table)
+        log(f"wrote {args.out}")
+    finally:
+        for s in servers:
+            s.stop()
+        if args.keep:
+            log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
