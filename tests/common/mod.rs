@@ -169,3 +169,32 @@ pub fn push_image(c: &reqwest::blocking::Client, url: &str, repo: &str, tag: &st
     let d = sha256(&manifest);
     (manifest, d)
 }
+
+impl Server {
+    /// Starts a server configured by `toml` (written to `dir/berth.toml`),
+    /// with a fresh data directory under `dir`.
+    pub fn start_config(dir: &Path, toml: &str) -> Server {
+        let file = dir.join(format!("berth-{:08x}.toml", rand::random::<u32>()));
+        std::fs::write(&file, toml).unwrap();
+        let data = dir.join(format!("data-{:08x}", rand::random::<u32>()));
+        Self::start_in(&data, &["--config", file.to_str().unwrap()], &[])
+    }
+}
+
+/// Writes an htpasswd file (bcrypt, via `berth user add`) with these users.
+pub fn write_htpasswd(path: &Path, users: &[(&str, &str)]) {
+    for (name, password) in users {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["user", "add", name, "--file"])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "berth user add {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -200,17 +200,19 @@ impl Auth {
 
     /// Verifies a password, with caching and rate limiting.
     pub async fn check_password(&self, user: &str, password: &str, client: IpAddr) -> Result<String, AuthFailure> {
-        let key = self.cache_key(user, password);
-        if let Some((name, at)) = self.cache.lock().unwrap().get(&key) {
-            if at.elapsed() < CACHE_TTL && name == user {
-                return Ok(name.clone());
-            }
-        }
+        // The limit comes first: a remembered password must not let a
+        // guesser through while the user or address is blocked.
         let user_key = format!("user:{user}");
         let ip_key = format!("ip:{client}");
         if self.limiter.blocked(&user_key) || self.limiter.blocked(&ip_key) {
             tracing::warn!(target: "berth::audit", user, client = %client, "login rate limited");
             return Err(AuthFailure::RateLimited);
+        }
+        let key = self.cache_key(user, password);
+        if let Some((name, at)) = self.cache.lock().unwrap().get(&key) {
+            if at.elapsed() < CACHE_TTL && name == user {
+                return Ok(name.clone());
+            }
         }
         let _slot = self.bcrypt_slots.acquire().await.map_err(|_| AuthFailure::BadCredentials)?;
         let ok = self.users.verify(user, password).await;

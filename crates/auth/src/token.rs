@@ -221,6 +221,7 @@ impl TokenService {
         v.set_issuer(&[issuer]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v.leeway = 30;
+        v.validate_nbf = true;
         v
     }
 
