@@ -121,24 +121,32 @@ impl SqliteMetadata {
     pub async fn reencrypt_manifests(&self) -> Result<usize> {
         let Some(ring) = self.inner.keyring.clone() else { return Ok(0) };
         self.write(move |tx| {
-            let rows: Vec<(i64, String, Vec<u8>)> = {
-                let mut stmt = tx.prepare("SELECT repo_id, digest, body FROM manifests").map_err(backend)?;
+            let rows: Vec<(i64, String, Vec<u8>, Option<Vec<u8>>)> = {
+                let mut stmt = tx
+                    .prepare("SELECT repo_id, digest, body, CAST(annotations AS BLOB) FROM manifests")
+                    .map_err(backend)?;
                 let rows = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .map_err(backend)?
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(backend)?;
                 rows
             };
             let mut n = 0;
-            for (repo, digest, body) in rows {
+            let reseal = |v: &[u8]| -> Result<Vec<u8>> {
+                let plain = berth_crypt::open_value(&ring, v).map_err(backend)?;
+                Ok(berth_crypt::seal_value(&ring, &plain))
+            };
+            for (repo, digest, body, annotations) in rows {
                 if body.get(8..16) == Some(&ring.current().id()[..]) {
                     continue;
                 }
-                let plain = berth_crypt::open_value(&ring, &body).map_err(backend)?;
-                let sealed = berth_crypt::seal_value(&ring, &plain);
-                tx.execute("UPDATE manifests SET body = ?3 WHERE repo_id = ?1 AND digest = ?2", params![repo, digest, sealed])
-                    .map_err(backend)?;
+                let annotations = annotations.map(|a| reseal(&a)).transpose()?;
+                tx.execute(
+                    "UPDATE manifests SET body = ?3, annotations = ?4 WHERE repo_id = ?1 AND digest = ?2",
+                    params![repo, digest, reseal(&body)?, annotations],
+                )
+                .map_err(backend)?;
                 n += 1;
             }
             Ok(n)
@@ -284,9 +292,12 @@ impl MetadataStore for SqliteMetadata {
     async fn put_manifest(&self, repo: &RepoName, record: ManifestRecord, tag: Option<&Tag>) -> Result<()> {
         let repo = repo.to_string();
         let tag = tag.map(|t| t.to_string());
-        let stored_body: Vec<u8> = match &self.inner.keyring {
-            Some(ring) => berth_crypt::seal_value(ring, &record.body),
-            None => record.body.to_vec(),
+        let (stored_body, stored_annotations): (Vec<u8>, Option<Vec<u8>>) = match &self.inner.keyring {
+            Some(ring) => (
+                berth_crypt::seal_value(ring, &record.body),
+                record.annotations_json.as_ref().map(|a| berth_crypt::seal_value(ring, a.as_bytes())),
+            ),
+            None => (record.body.to_vec(), record.annotations_json.as_ref().map(|a| a.as_bytes().to_vec())),
         };
         self.write(move |tx| {
             let now = now_secs();
@@ -329,7 +340,7 @@ impl MetadataStore for SqliteMetadata {
                     record.media_type,
                     record.artifact_type,
                     record.subject.as_ref().map(|s| s.to_string()),
-                    record.annotations_json,
+                    stored_annotations,
                     record.body.len() as i64,
                     &stored_body[..],
                     now
@@ -462,9 +473,10 @@ impl MetadataStore for SqliteMetadata {
 
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>> {
         let (repo, subject) = (repo.to_string(), subject.to_string());
+        let keyring = self.inner.keyring.clone();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m
+                "SELECT m.digest, m.media_type, m.size, m.artifact_type, CAST(m.annotations AS BLOB) FROM manifests m
                  JOIN repositories r ON r.id = m.repo_id WHERE r.name = ?1 AND m.subject = ?2
                  ORDER BY m.created_at, m.digest",
             )?;
@@ -472,10 +484,14 @@ impl MetadataStore for SqliteMetadata {
                 .query_map(params![repo, subject], |r| {
                     Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?))
                 })?
-                .collect::<rusqlite::Result<Vec<(String, String, i64, Option<String>, Option<String>)>>>()?;
+                .collect::<rusqlite::Result<Vec<(String, String, i64, Option<String>, Option<Vec<u8>>)>>>()?;
             Ok(rows
                 .into_iter()
-                .filter_map(|(d, media_type, size, artifact_type, annotations_json)| {
+                .filter_map(|(d, media_type, size, artifact_type, annotations)| {
+                    let annotations_json = annotations.and_then(|a| match &keyring {
+                        Some(ring) => berth_crypt::open_value(ring, &a).ok().and_then(|p| String::from_utf8(p).ok()),
+                        None => String::from_utf8(a).ok(),
+                    });
                     Some(Referrer { digest: d.parse().ok()?, media_type, size: size as u64, artifact_type, annotations_json })
                 })
                 .collect())
