@@ -221,4 +221,15 @@ fn skopeo_multi_arch_index_all() {
 
     let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{}/{repo}:multi", s.addr)));
     assert_eq!(common::sha256(raw.as_bytes()), info["digest"].as_str().unwrap());
+
+    // Registry to registry within the server: blobs are mounted across
+    // repositories, and the copy is identical.
+    let mirror = format!("{repo}-mirror/copy");
+    run(skopeo()
+        .args(["copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{}/{repo}:multi", s.addr))
+        .arg(format!("docker://{}/{mirror}:multi", s.addr)));
+    assert_blobs_in_registry(&s.url, &mirror, &src, info["blobs"].as_array().unwrap());
+    let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{}/{mirror}:multi", s.addr)));
+    assert_eq!(common::sha256(raw.as_bytes()), info["digest"].as_str().unwrap());
 }
