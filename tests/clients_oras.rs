@@ -109,7 +109,11 @@ fn oras_push_pull_artifacts() {
     std::fs::write(work.join("tree/sub/b.bin"), common::random_bytes(10_000)).unwrap();
     let repo = format!("oras/art-{}", unique());
 
+    // oras keeps temporary archives; keep them inside the test's directory.
+    let pytmp = tmp.path().join("pytmp");
+    std::fs::create_dir_all(&pytmp).unwrap();
     let stdout = run(Command::new("python3")
+        .env("TMPDIR", &pytmp)
         .arg("-c")
         .arg(PUSH_PULL_PY)
         .arg(&s.addr)
