@@ -6,6 +6,7 @@
 //! a crash leaves either the old state or the new one.
 
 mod sqlite;
+pub mod snapshot;
 
 pub use sqlite::SqliteMetadata;
 
