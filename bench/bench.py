@@ -163,14 +163,14 @@ class Server:
                 self.proc.wait()
 
 
-def start_berth(binary, root):
-    data = os.path.join(root, "berth-data")
-    os.makedirs(data)
-    log_path = os.path.join(root, "berth.log")
-    errf = open(log_path, "wb")
+def start_berth(binary, root, name="berth", data=None, extra_args=(), env=None):
+    data = data or os.path.join(root, "berth-data")
+    os.makedirs(data, exist_ok=True)
+    log_path = os.path.join(root, f"{name}.log")
+    errf = open(log_path, "ab")
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data],
-        stdout=subprocess.PIPE, stderr=errf, text=True)
+        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, *extra_args],
+        stdout=subprocess.PIPE, stderr=errf, text=True, env={**os.environ, **(env or {})})
     addr = None
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -187,7 +187,7 @@ def start_berth(binary, root):
     # Keep draining stdout so the server never blocks on a full pipe.
     threading_drain(proc.stdout)
     wait_ready(addr, proc)
-    return Server("berth", proc, addr, data, log_path)
+    return Server(name, proc, addr, data, log_path)
 
 
 def threading_drain(stream):
@@ -448,6 +448,96 @@ def du_bytes(path):
 # Report
 
 
+def security_rows(args, root, P, big_path, big_digest):
+    """Cost of Berth's security features, each against plain Berth measured
+    in the same phase: authenticated manifest GETs (Basic, Bearer token) and
+    encryption at rest (large blob PUT and GET)."""
+    import base64
+    rows = []
+    data = os.path.join(root, "sec-data")
+    repo, path = "sec/app", "/v2/sec/app/manifests/latest"
+
+    def wrk_with(srv, headers, conns=16):
+        lua = os.path.join(root, f"sec-{len(headers)}-{conns}.lua")
+        with open(lua, "w") as f:
+            f.write('wrk.method = "GET"\n')
+            f.write(f'wrk.headers["Accept"] = "{ACCEPT}"\n')
+            for k, v in headers.items():
+                f.write(f'wrk.headers["{k}"] = "{v}"\n')
+        os.sync()
+        return wrk_manifest(srv, path, conns, P["wrk_secs"], lua)
+
+    srv = start_berth(args.berth, root, "berth-plain", data)
+    try:
+        c = Client(srv.addr)
+        m, _ = tiny_image(c, repo)
+        c.put_manifest(repo, "latest", m)
+        c.close()
+        anon = wrk_with(srv, {})
+    finally:
+        srv.stop()
+    log(f"anonymous manifest GET: {anon}")
+
+    htpasswd = os.path.join(root, "htpasswd")
+    subprocess.run([args.berth, "user", "add", "bench", "--file", htpasswd], input="bench-pw\n",
+                   text=True, check=True, stdout=subprocess.DEVNULL)
+    basic_hdr = "Basic " + base64.b64encode(b"bench:bench-pw").decode()
+    results = {}
+    for mode in ("basic", "token"):
+        cfg = os.path.join(root, f"auth-{mode}.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[auth]\nmode = "{mode}"\nhtpasswd = "{htpasswd}"\n'
+                    '[[auth.rules]]\nrepositories = ["**"]\nactions = ["admin"]\nusers = ["bench"]\n')
+        srv = start_berth(args.berth, root, f"berth-{mode}", data, ["--config", cfg])
+        try:
+            if mode == "basic":
+                results[mode] = wrk_with(srv, {"Authorization": basic_hdr})
+            else:
+                c = Client(srv.addr)
+                _, body = c.req("GET", f"/token?service=berth&scope=repository:{repo}:pull",
+                                headers={"Authorization": basic_hdr}, expect=(200,))
+                c.close()
+                token = json.loads(body)["token"]
+                results[mode] = wrk_with(srv, {"Authorization": f"Bearer {token}"})
+        finally:
+            srv.stop()
+        log(f"{mode} manifest GET: {results[mode]}")
+    rows.append(("Manifest GET, 16 conns, anonymous (req/s)", anon[0], anon[0], 0, "baseline"))
+    rows.append(("Manifest GET, 16 conns, Basic auth (req/s)", results["basic"][0], anon[0], 0, "higher"))
+    rows.append(("Manifest GET, 16 conns, Bearer token (req/s)", results["token"][0], anon[0], 0, "higher"))
+    rows.append(("Manifest GET p99, Basic auth (ms)", results["basic"][1], anon[1], 2, "lower"))
+    rows.append(("Manifest GET p99, Bearer token (ms)", results["token"][1], anon[1], 2, "lower"))
+
+    # Encryption at rest: fresh data dirs, same blob, plain then encrypted.
+    key = subprocess.run([args.berth, "encryption", "new-key"], stdout=subprocess.PIPE, text=True,
+                         check=True).stdout.strip()
+    enc = {}
+    for label, env in (("plain", {}), ("encrypted", {"BERTH_ENCRYPTION_KEY": key})):
+        srv = start_berth(args.berth, root, f"berth-{label}-blobs", os.path.join(root, f"blobs-{label}"), env=env)
+        try:
+            os.sync()
+            put = raw_put(srv, big_path, big_digest, P["big"], P["tries"])
+            os.sync()
+            get = blob_get(srv, big_digest, P["big"], P["tries"])
+        finally:
+            srv.stop()
+        enc[label] = (put, get)
+        log(f"{label}: PUT {put:.1f} MB/s, GET {get:.1f} MB/s")
+    big_mib = P["big"] // MIB
+    rows.append((f"Blob PUT {big_mib} MiB, encrypted at rest (MB/s)", enc["encrypted"][0], enc["plain"][0], 1, "higher"))
+    rows.append((f"Blob GET {big_mib} MiB, encrypted at rest (MB/s)", enc["encrypted"][1], enc["plain"][1], 1, "higher"))
+    return rows
+
+
+def render_security(rows):
+    lines = ["", "## Cost of security features (Berth against plain Berth, same phase)", "",
+             "| Metric | With feature | Without | Ratio | Better |", "|---|---:|---:|---:|---|"]
+    for name, b, d, digits, better in rows:
+        ratio = f"{b / d:.2f}x" if b is not None and d else "n/a"
+        lines.append(f"| {name} | {fmt(b, digits)} | {fmt(d, digits)} | {ratio} | {better} |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt(v, digits):
     if v is None:
         return "error"
@@ -600,6 +690,10 @@ def main():
                     f"= {seq_total / MB:.0f} MB per set",
             elapsed=time.time() - started)
         table = render(rows, meta)
+        try:
+            table += render_security(security_rows(args, root, P, big_path, big_digest))
+        except Exception as e:  # the comparison above stands on its own
+            log(f"security-feature rows failed: {e}")
         print(table)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:

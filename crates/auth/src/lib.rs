@@ -90,6 +90,16 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// Whether no identity stands behind the request: no credentials, or a
+    /// token issued to an anonymous caller.
+    pub fn is_anonymous(&self) -> bool {
+        match self {
+            Principal::Anonymous => true,
+            Principal::User(_) => false,
+            Principal::Token { subject, .. } => subject.is_empty(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
             Principal::Anonymous => "anonymous",
@@ -127,6 +137,8 @@ pub struct Auth {
     /// Keyed by a salted hash of user and password, never the password.
     cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
     cache_salt: [u8; 32],
+    /// Password checks in progress, by the same key as `cache`.
+    inflight: Mutex<HashMap<[u8; 32], std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// bcrypt is deliberately slow: bound how many run at once.
     bcrypt_slots: tokio::sync::Semaphore,
 }
@@ -155,6 +167,7 @@ impl Auth {
             tokens,
             cache: Mutex::new(HashMap::new()),
             cache_salt: rand::random(),
+            inflight: Mutex::new(HashMap::new()),
             bcrypt_slots: tokio::sync::Semaphore::new(slots),
         })
     }
@@ -209,10 +222,20 @@ impl Auth {
             return Err(AuthFailure::RateLimited);
         }
         let key = self.cache_key(user, password);
-        if let Some((name, at)) = self.cache.lock().unwrap().get(&key) {
-            if at.elapsed() < CACHE_TTL && name == user {
-                return Ok(name.clone());
-            }
+        if let Some(name) = self.cached(&key, user) {
+            return Ok(name);
+        }
+        // One verification per credential at a time: concurrent requests
+        // with the same credentials wait for the first and reuse its result
+        // instead of each paying for bcrypt.
+        let gate = {
+            let mut inflight = self.inflight.lock().unwrap();
+            inflight.entry(key).or_insert_with(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))).clone()
+        };
+        let _turn = gate.lock().await;
+        if let Some(name) = self.cached(&key, user) {
+            self.inflight.lock().unwrap().remove(&key);
+            return Ok(name);
         }
         let _slot = self.bcrypt_slots.acquire().await.map_err(|_| AuthFailure::BadCredentials)?;
         let ok = self.users.verify(user, password).await;
@@ -222,13 +245,22 @@ impl Auth {
                 cache.clear();
             }
             cache.insert(key, (user.to_string(), Instant::now()));
+            drop(cache);
+            self.inflight.lock().unwrap().remove(&key);
             Ok(user.to_string())
         } else {
+            self.inflight.lock().unwrap().remove(&key);
             self.limiter.fail(&user_key);
             self.limiter.fail(&ip_key);
             tracing::warn!(target: "berth::audit", user, client = %client, "login failed");
             Err(AuthFailure::BadCredentials)
         }
+    }
+
+    fn cached(&self, key: &[u8; 32], user: &str) -> Option<String> {
+        let cache = self.cache.lock().unwrap();
+        let (name, at) = cache.get(key)?;
+        (at.elapsed() < CACHE_TTL && name == user).then(|| name.clone())
     }
 
     fn cache_key(&self, user: &str, password: &str) -> [u8; 32] {

@@ -118,8 +118,12 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
 }
 
+/// Most verified tokens remembered.
+const VERIFIED_MAX: usize = 10_000;
+
 pub struct TokenService {
     config: TokenConfig,
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Claims>>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     kid: String,
@@ -161,7 +165,7 @@ impl TokenService {
             trusted.push((t.issuer.clone(), load_public_key(&pem).map_err(|e| format!("trusted issuer {}: {e}", t.issuer))?));
         }
         let trusted = trusted.into_iter().map(|(i, (k, a))| (i, k, a)).collect();
-        Ok(TokenService { config: config.clone(), encoding, decoding, kid, trusted })
+        Ok(TokenService { config: config.clone(), verified: Default::default(), encoding, decoding, kid, trusted })
     }
 
     pub fn service(&self) -> &str {
@@ -225,8 +229,30 @@ impl TokenService {
         v
     }
 
-    /// Verifies an access token from Berth or a trusted issuer.
+    /// Verifies an access token from Berth or a trusted issuer. Verified
+    /// tokens are remembered until they expire, so a client reusing its
+    /// token pays for the signature check once.
     pub fn verify_access(&self, token: &str) -> Result<Claims, AuthFailure> {
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.verified.lock().unwrap().get(&key) {
+            if now() <= claims.exp {
+                return Ok(claims.clone());
+            }
+        }
+        let claims = self.verify_access_uncached(token)?;
+        let mut cache = self.verified.lock().unwrap();
+        if cache.len() >= VERIFIED_MAX {
+            let t = now();
+            cache.retain(|_, c| c.exp >= t);
+            if cache.len() >= VERIFIED_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_access_uncached(&self, token: &str) -> Result<Claims, AuthFailure> {
         let issuer = peek_issuer(token).ok_or_else(|| AuthFailure::InvalidToken("not a JWT".into()))?;
         let claims = if issuer == self.config.issuer {
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation(Algorithm::ES256, &issuer))
