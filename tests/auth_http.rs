@@ -566,6 +566,12 @@ fn token_endpoint_grants_the_allowed_subset() {
             {"type": "repository", "name": "team/app", "actions": []},
         ])
     );
+    assert_eq!(claims_of(&t)["sub"], "");
+    assert_eq!(c.get(s.url("/v2/public/app/tags/list")).bearer_auth(&t).send().unwrap().status(), 404);
+    // An anonymous token lacking a grant is asked to log in (401), not denied.
+    let r = try_push(&s, "public/app", &t);
+    assert_eq!(r.status(), 401, "anonymous token pushing");
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer realm="));
     // Wrong password: 401.
     let r = c.get(s.url("/token")).basic_auth("reader", Some("wrong")).query(&[("scope", "repository:team/app:pull")]).send().unwrap();
     assert_eq!(r.status(), 401);

@@ -143,7 +143,9 @@ pub(crate) async fn enforce(State(state): State<ApiState>, mut req: Request<Body
             action = what.map(|(_, a)| a.as_str()).unwrap_or("login"), result = "denied",
             "access denied"
         );
-        return if anonymous {
+        // A caller with no identity (including an anonymous token) is asked
+        // to log in; an identified one is denied.
+        return if principal.is_anonymous() {
             unauthorized(&state, &req, scope.as_deref(), "authentication required", false)
         } else {
             error(StatusCode::FORBIDDEN, ErrorCode::Denied, "requested access to the resource is denied")
