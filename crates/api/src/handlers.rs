@@ -326,13 +326,12 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> Response<Body> {
 }
 
 /// `Link: </v2/...?n=N&last=X>; rel="next"` when a page is not the last.
-fn paginated(path: &str, page: &Page, n: Option<usize>, body: String) -> Response<Body> {
+fn paginated(path: &str, page: &Page, body: String) -> Response<Body> {
     let mut resp = json(StatusCode::OK, body, false);
     if page.more {
         if let Some(last) = page.items.last() {
             let query = serde_urlencoded::to_string([("n", page.items.len().to_string()), ("last", last.clone())])
                 .unwrap_or_default();
-            let _ = n;
             set(&mut resp, header::LINK, &format!("<{path}?{query}>; rel=\"next\""));
         }
     }
@@ -366,14 +365,14 @@ async fn catalog(state: &ApiState, query: &Query, who: &Principal) -> Result<Res
         page = Page { items: kept, more };
     }
     let body = serde_json::json!({ "repositories": page.items }).to_string();
-    Ok(paginated("/v2/_catalog", &page, n, body))
+    Ok(paginated("/v2/_catalog", &page, body))
 }
 
 async fn tags(state: &ApiState, repo: &RepoName, query: &Query) -> Result<Response<Body>> {
     let n = query.page_size()?;
     let page = state.registry.list_tags(repo, n, query.get("last")).await?;
     let body = serde_json::json!({ "name": repo.as_str(), "tags": page.items }).to_string();
-    Ok(paginated(&format!("/v2/{repo}/tags/list"), &page, n, body))
+    Ok(paginated(&format!("/v2/{repo}/tags/list"), &page, body))
 }
 
 async fn get_manifest(state: &ApiState, repo: &RepoName, reference: &Reference, head: bool) -> Result<Response<Body>> {
