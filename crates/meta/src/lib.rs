@@ -68,6 +68,66 @@ pub struct UploadRecord {
     pub updated_at: i64,
 }
 
+/// A repository's link to a blob: the blob's size and when the link was
+/// last written, mounted or confirmed by a read (for the GC grace period).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlobLink {
+    pub size: u64,
+    pub last_seen: i64,
+}
+
+/// Everything garbage collection needs to decide, read in one consistent
+/// transaction.
+#[derive(Debug, Clone, Default)]
+pub struct GcSnapshot {
+    pub repos: Vec<RepoSnapshot>,
+    /// Every blob row: digest and size.
+    pub blobs: Vec<(Digest, u64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RepoSnapshot {
+    pub name: String,
+    pub manifests: Vec<ManifestNode>,
+    pub tags: Vec<TagInfo>,
+    /// Blob links: digest and last-seen time.
+    pub links: Vec<(Digest, i64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ManifestNode {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+    /// Last time the manifest was pushed.
+    pub last_seen: i64,
+    pub blobs: Vec<Digest>,
+    pub children: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagInfo {
+    pub name: String,
+    pub digest: Digest,
+    pub updated_at: i64,
+}
+
+/// Manifests garbage collection wants to delete from one repository, and
+/// the rules to re-check, inside the deleting transaction, that each is
+/// still garbage.
+#[derive(Debug, Clone)]
+pub struct UntaggedDeletion {
+    pub candidates: Vec<Digest>,
+    /// A manifest pushed after this time is kept (unless exempt, below).
+    pub cutoff: i64,
+    /// Manifests whose last tag this run removed: age does not protect them
+    /// unless they were pushed again after `exempt_before`.
+    pub exempt: Vec<Digest>,
+    pub exempt_before: i64,
+    /// Whether a referrer whose subject is kept must be kept (referrers
+    /// follow their subject); when false every referrer is kept.
+    pub follow_subject: bool,
+}
+
 /// Metadata operations the registry needs. Implementations: embedded SQLite
 /// today; PostgreSQL fits the same shape.
 #[async_trait]
@@ -104,4 +164,34 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Total size of all distinct blobs known.
     async fn stored_bytes(&self) -> Result<u64>;
+
+    // ---- garbage collection, quotas, immutability --------------------------
+
+    /// `repo`'s link to `digest`, with when it was last seen.
+    async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<Option<BlobLink>>;
+    /// Marks `repo`'s link to `digest` as seen at `now`.
+    async fn touch_blob(&self, repo: &RepoName, digest: &Digest, now: i64) -> Result<()>;
+    /// Names of the tags pointing at `digest` in `repo`.
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<String>>;
+    /// Every repository name, with or without manifests.
+    async fn repository_names(&self) -> Result<Vec<String>>;
+    /// Bytes of distinct blobs linked in any of `repos`, and whether
+    /// `digest` is already among them.
+    async fn usage(&self, repos: Vec<String>, digest: Option<&Digest>) -> Result<(u64, bool)>;
+    /// Bytes of distinct blobs linked in each repository, by name.
+    async fn usage_by_repository(&self) -> Result<Vec<(String, u64)>>;
+    /// A consistent view of manifests, tags, links and blobs.
+    async fn gc_snapshot(&self) -> Result<GcSnapshot>;
+    /// Deletes a tag only while it still points at `digest`.
+    async fn delete_tag_if(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<bool>;
+    /// Deletes the candidates that are still garbage by the rules given,
+    /// in one transaction; returns those deleted.
+    async fn delete_untagged(&self, repo: &RepoName, plan: UntaggedDeletion) -> Result<Vec<Digest>>;
+    /// Removes `repo`'s links to `digests` that no manifest of `repo`
+    /// references and that were last seen at or before `cutoff`, in one
+    /// transaction; returns those removed.
+    async fn unlink_unused(&self, repo: &RepoName, digests: Vec<Digest>, cutoff: i64) -> Result<Vec<Digest>>;
+    /// Deletes the blob row when no repository links it and no manifest
+    /// references it; returns its size when deleted.
+    async fn delete_blob_if_unused(&self, digest: &Digest) -> Result<Option<u64>>;
 }

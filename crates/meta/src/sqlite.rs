@@ -1,7 +1,11 @@
 //! Embedded metadata store: SQLite in WAL mode with one writer connection
 //! and a small pool of readers. Calls run on tokio's blocking threads.
 
-use crate::{ManifestRecord, MetaError, MetadataStore, Referrer, Result, StoredManifest, UploadRecord};
+use crate::{
+    BlobLink, GcSnapshot, ManifestNode, ManifestRecord, MetaError, MetadataStore, Referrer, RepoSnapshot, Result,
+    StoredManifest, TagInfo, UntaggedDeletion, UploadRecord,
+};
+use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepoName, Tag};
 use bytes::Bytes;
@@ -63,6 +67,15 @@ CREATE TABLE uploads (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#,
+// Garbage collection: when each blob link and manifest was last written or
+// confirmed, so recent pushes survive a collection running at the same time.
+r#"
+ALTER TABLE repo_blobs ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+UPDATE repo_blobs SET last_seen = created_at;
+ALTER TABLE manifests ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+UPDATE manifests SET last_seen = created_at;
+CREATE INDEX repo_blobs_by_digest ON repo_blobs(digest);
 "#];
 
 const READERS: usize = 8;
@@ -243,7 +256,8 @@ impl MetadataStore for SqliteMetadata {
             )
             .map_err(backend)?;
             tx.execute(
-                "INSERT OR IGNORE INTO repo_blobs(repo_id, digest, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO repo_blobs(repo_id, digest, created_at, last_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(repo_id, digest) DO UPDATE SET last_seen = excluded.last_seen",
                 params![id, digest, now],
             )
             .map_err(backend)?;
@@ -329,11 +343,12 @@ impl MetadataStore for SqliteMetadata {
                     return Err(MetaError::MissingManifest(child.clone()));
                 }
             }
-            // Same digest means same bytes: re-pushing is a no-op for the row.
+            // Same digest means same bytes: re-pushing only refreshes last_seen.
             tx.execute(
-                "INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, artifact_type, subject,
-                    annotations, size, body, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO manifests(repo_id, digest, media_type, artifact_type, subject,
+                    annotations, size, body, created_at, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                 ON CONFLICT(repo_id, digest) DO UPDATE SET last_seen = excluded.last_seen",
                 params![
                     id,
                     digest,
@@ -556,6 +571,312 @@ impl MetadataStore for SqliteMetadata {
         self.read(|c| c.query_row("SELECT COALESCE(SUM(size), 0) FROM blobs", [], |r| r.get::<_, i64>(0)))
             .await
             .map(|s| s as u64)
+    }
+
+    async fn blob_link(&self, repo: &RepoName, digest: &Digest) -> Result<Option<BlobLink>> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |c| {
+            c.query_row(
+                "SELECT b.size, rb.last_seen FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id
+                 JOIN blobs b ON b.digest = rb.digest WHERE r.name = ?1 AND rb.digest = ?2",
+                params![repo, digest],
+                |r| Ok(BlobLink { size: r.get::<_, i64>(0)? as u64, last_seen: r.get(1)? }),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn touch_blob(&self, repo: &RepoName, digest: &Digest, now: i64) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE repo_blobs SET last_seen = ?3
+                 WHERE repo_id = (SELECT id FROM repositories WHERE name = ?1) AND digest = ?2 AND last_seen < ?3",
+                params![repo, digest, now],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<String>> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id
+                 WHERE r.name = ?1 AND t.digest = ?2 ORDER BY t.name",
+            )?;
+            let names = stmt.query_map(params![repo, digest], |r| r.get(0))?.collect();
+            names
+        })
+        .await
+    }
+
+    async fn repository_names(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT name FROM repositories ORDER BY name")?;
+            let names = stmt.query_map([], |r| r.get(0))?.collect();
+            names
+        })
+        .await
+    }
+
+    async fn usage(&self, repos: Vec<String>, digest: Option<&Digest>) -> Result<(u64, bool)> {
+        let digest = digest.map(|d| d.to_string());
+        self.read(move |c| {
+            if repos.is_empty() {
+                return Ok((0, false));
+            }
+            let marks = vec!["?"; repos.len()].join(",");
+            let ids = format!("SELECT id FROM repositories WHERE name IN ({marks})");
+            let total: i64 = c.query_row(
+                &format!(
+                    "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE digest IN
+                     (SELECT digest FROM repo_blobs WHERE repo_id IN ({ids}))"
+                ),
+                rusqlite::params_from_iter(repos.iter()),
+                |r| r.get(0),
+            )?;
+            let present = match digest {
+                None => false,
+                Some(d) => c
+                    .query_row(
+                        &format!("SELECT 1 FROM repo_blobs WHERE digest = ? AND repo_id IN ({ids})"),
+                        rusqlite::params_from_iter(std::iter::once(&d).chain(repos.iter())),
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some(),
+            };
+            Ok((total as u64, present))
+        })
+        .await
+    }
+
+    async fn usage_by_repository(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT r.name, COALESCE(SUM(b.size), 0) FROM repositories r
+                 LEFT JOIN repo_blobs rb ON rb.repo_id = r.id LEFT JOIN blobs b ON b.digest = rb.digest
+                 GROUP BY r.id ORDER BY r.name",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?.collect();
+            rows
+        })
+        .await
+    }
+
+    async fn gc_snapshot(&self) -> Result<GcSnapshot> {
+        self.read(|c| {
+            // One read transaction: every query sees the same state.
+            let tx = c.unchecked_transaction()?;
+            let parse = |s: String| s.parse::<Digest>().ok();
+            let mut repos: HashMap<i64, RepoSnapshot> = HashMap::new();
+            {
+                let mut stmt = tx.prepare("SELECT id, name FROM repositories")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    repos.insert(r.get(0)?, RepoSnapshot { name: r.get(1)?, ..Default::default() });
+                }
+            }
+            let mut index: HashMap<(i64, String), usize> = HashMap::new();
+            {
+                let mut stmt = tx.prepare("SELECT repo_id, digest, subject, last_seen FROM manifests")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let id: i64 = r.get(0)?;
+                    let digest: String = r.get(1)?;
+                    let (Some(repo), Some(d)) = (repos.get_mut(&id), parse(digest.clone())) else { continue };
+                    index.insert((id, digest), repo.manifests.len());
+                    repo.manifests.push(ManifestNode {
+                        digest: d,
+                        subject: r.get::<_, Option<String>>(2)?.and_then(parse),
+                        last_seen: r.get(3)?,
+                        blobs: vec![],
+                        children: vec![],
+                    });
+                }
+            }
+            {
+                let mut stmt = tx.prepare("SELECT repo_id, manifest, target, kind FROM manifest_refs")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let id: i64 = r.get(0)?;
+                    let Some(&i) = index.get(&(id, r.get::<_, String>(1)?)) else { continue };
+                    let Some(target) = parse(r.get(2)?) else { continue };
+                    let Some(repo) = repos.get_mut(&id) else { continue };
+                    if r.get::<_, i64>(3)? == 0 {
+                        repo.manifests[i].blobs.push(target);
+                    } else {
+                        repo.manifests[i].children.push(target);
+                    }
+                }
+            }
+            {
+                let mut stmt = tx.prepare("SELECT repo_id, name, digest, updated_at FROM tags")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let (Some(repo), Some(digest)) = (repos.get_mut(&r.get(0)?), parse(r.get(2)?)) else { continue };
+                    repo.tags.push(TagInfo { name: r.get(1)?, digest, updated_at: r.get(3)? });
+                }
+            }
+            {
+                let mut stmt = tx.prepare("SELECT repo_id, digest, last_seen FROM repo_blobs")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let (Some(repo), Some(digest)) = (repos.get_mut(&r.get(0)?), parse(r.get(1)?)) else { continue };
+                    repo.links.push((digest, r.get(2)?));
+                }
+            }
+            let mut blobs = Vec::new();
+            {
+                let mut stmt = tx.prepare("SELECT digest, size FROM blobs")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    if let Some(d) = parse(r.get(0)?) {
+                        blobs.push((d, r.get::<_, i64>(1)? as u64));
+                    }
+                }
+            }
+            tx.finish()?;
+            let mut repos: Vec<RepoSnapshot> = repos.into_values().collect();
+            repos.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(GcSnapshot { repos, blobs })
+        })
+        .await
+    }
+
+    async fn delete_tag_if(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<bool> {
+        let (repo, tag, digest) = (repo.to_string(), tag.to_string(), digest.to_string());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo).map_err(backend)? else { return Ok(false) };
+            let n = tx
+                .execute("DELETE FROM tags WHERE repo_id = ?1 AND name = ?2 AND digest = ?3", params![id, tag, digest])
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_untagged(&self, repo: &RepoName, plan: UntaggedDeletion) -> Result<Vec<Digest>> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo).map_err(backend)? else { return Ok(vec![]) };
+            let exempt: HashSet<String> = plan.exempt.iter().map(|d| d.to_string()).collect();
+            let mut set: HashSet<String> = plan.candidates.iter().map(|d| d.to_string()).collect();
+            // Drop candidates that are no longer garbage until nothing changes:
+            // keeping one may keep its children and referrers.
+            loop {
+                let mut keep = Vec::new();
+                for d in &set {
+                    let row: Option<(i64, Option<String>)> = tx
+                        .query_row(
+                            "SELECT last_seen, subject FROM manifests WHERE repo_id = ?1 AND digest = ?2",
+                            params![id, d],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()
+                        .map_err(backend)?;
+                    let Some((last_seen, subject)) = row else {
+                        keep.push(d.clone());
+                        continue;
+                    };
+                    let tagged = tx
+                        .query_row("SELECT 1 FROM tags WHERE repo_id = ?1 AND digest = ?2 LIMIT 1", params![id, d], |_| Ok(()))
+                        .optional()
+                        .map_err(backend)?
+                        .is_some();
+                    let fresh = last_seen > plan.cutoff && !(exempt.contains(d) && last_seen <= plan.exempt_before);
+                    let mut parents = tx
+                        .prepare_cached("SELECT manifest FROM manifest_refs WHERE repo_id = ?1 AND target = ?2 AND kind = 1")
+                        .map_err(backend)?;
+                    let parents = parents
+                        .query_map(params![id, d], |r| r.get::<_, String>(0))
+                        .map_err(backend)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .map_err(backend)?;
+                    let kept_parent = parents.iter().any(|p| !set.contains(p));
+                    let kept_by_subject = match &subject {
+                        None => fresh,
+                        Some(_) if !plan.follow_subject => true,
+                        Some(s) => {
+                            let present = tx
+                                .query_row("SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2", params![id, s], |_| Ok(()))
+                                .optional()
+                                .map_err(backend)?
+                                .is_some();
+                            if present { !set.contains(s) } else { fresh }
+                        }
+                    };
+                    if tagged || kept_parent || kept_by_subject {
+                        keep.push(d.clone());
+                    }
+                }
+                if keep.is_empty() {
+                    break;
+                }
+                for d in keep {
+                    set.remove(&d);
+                }
+            }
+            let mut deleted = Vec::new();
+            for d in set {
+                tx.execute("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2", params![id, d]).map_err(backend)?;
+                tx.execute("DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest = ?2", params![id, d])
+                    .map_err(backend)?;
+                if let Ok(d) = d.parse() {
+                    deleted.push(d);
+                }
+            }
+            deleted.sort();
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn unlink_unused(&self, repo: &RepoName, digests: Vec<Digest>, cutoff: i64) -> Result<Vec<Digest>> {
+        let repo = repo.to_string();
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo).map_err(backend)? else { return Ok(vec![]) };
+            let mut removed = Vec::new();
+            for d in digests {
+                let n = tx
+                    .execute(
+                        "DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2 AND last_seen <= ?3
+                         AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE repo_id = ?1 AND target = ?2 AND kind = 0)",
+                        params![id, d.to_string(), cutoff],
+                    )
+                    .map_err(backend)?;
+                if n > 0 {
+                    removed.push(d);
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn delete_blob_if_unused(&self, digest: &Digest) -> Result<Option<u64>> {
+        let digest = digest.to_string();
+        self.write(move |tx| {
+            let size: Option<i64> = tx
+                .query_row(
+                    "SELECT size FROM blobs WHERE digest = ?1
+                     AND NOT EXISTS (SELECT 1 FROM repo_blobs WHERE digest = ?1)
+                     AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE target = ?1 AND kind = 0)",
+                    [&digest],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if size.is_some() {
+                tx.execute("DELETE FROM blobs WHERE digest = ?1", [&digest]).map_err(backend)?;
+            }
+            Ok(size.map(|s| s as u64))
+        })
+        .await
     }
 }
 

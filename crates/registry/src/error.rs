@@ -36,6 +36,9 @@ pub enum RegistryError {
     SizeInvalid(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Refused by policy: an immutable tag, a quota.
+    #[error("{0}")]
+    Denied(String),
     #[error("storage failure: {0}")]
     Storage(#[from] std::io::Error),
     #[error("metadata failure: {0}")]

@@ -10,9 +10,13 @@
 //! - bytes are streamed; nothing blob-sized is held in memory.
 
 mod error;
+pub mod gc;
+pub mod policy;
 mod upload;
 
 pub use error::{RegistryError, Result};
+pub use gc::GcReport;
+pub use policy::Policies;
 pub use upload::UploadStatus;
 
 use berth_meta::{ManifestRecord, MetadataStore, Referrer, StoredManifest};
@@ -55,7 +59,21 @@ pub struct Registry {
     /// Running hash of each active upload, so chunks are hashed as they
     /// stream in. Lost on restart and rebuilt from the stored bytes.
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<upload::HashState>>>>,
+    policies: Policies,
+    /// Serializes, per digest (striped), making a blob visible (commit and
+    /// link, mount) with garbage collection deleting it (row, then file).
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes quota checks with the commits they admit.
+    quota_lock: tokio::sync::Mutex<()>,
+    /// One collection at a time.
+    gc_lock: tokio::sync::Mutex<()>,
 }
+
+/// Number of digest lock stripes.
+const STRIPES: usize = 256;
+
+/// How often a read may refresh a blob link's last-seen time at most.
+const TOUCH_EVERY_SECS: i64 = 60;
 
 /// A blob (or a range of it) ready to stream.
 pub struct BlobBody {
@@ -96,7 +114,60 @@ pub fn now_secs() -> i64 {
 
 impl Registry {
     pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetadataStore>, config: RegistryConfig) -> Registry {
-        Registry { blobs, meta, config, sessions: Mutex::new(HashMap::new()) }
+        Registry {
+            blobs,
+            meta,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            policies: Policies::default(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            quota_lock: tokio::sync::Mutex::new(()),
+            gc_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Sets garbage-collection, immutability, quota and retention policies.
+    pub fn with_policies(mut self, policies: Policies) -> Registry {
+        self.policies = policies;
+        self
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// The lock stripe of `digest`.
+    pub(crate) async fn lock_digest(&self, digest: &Digest) -> tokio::sync::MutexGuard<'_, ()> {
+        let hex = digest.hex();
+        let i = usize::from_str_radix(&hex[..2], 16).unwrap_or(0) % STRIPES;
+        self.stripes[i].lock().await
+    }
+
+    /// Refuses a new blob of `size` bytes in `repo` when it would take a
+    /// matching quota over its limit. Call with `quota_lock` held.
+    pub(crate) async fn check_quota(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+        for quota in self.policies.quotas_for(repo.as_str()) {
+            let names: Vec<String> = self
+                .meta
+                .repository_names()
+                .await?
+                .into_iter()
+                .filter(|n| policy::glob_matches(&quota.repositories, n))
+                .collect();
+            let (used, present) = self.meta.usage(names, Some(digest)).await?;
+            if !present && used.saturating_add(size) > quota.max_bytes {
+                return Err(RegistryError::Denied(format!(
+                    "quota exceeded for {}: {used} of {} bytes used, this blob needs {size} more",
+                    quota.repositories, quota.max_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether commits into `repo` need the quota lock.
+    pub(crate) fn has_quota(&self, repo: &RepoName) -> bool {
+        self.policies.quotas_for(repo.as_str()).next().is_some()
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -114,8 +185,16 @@ impl Registry {
     // ---- blobs -------------------------------------------------------------
 
     /// Size of a blob readable in `repo`.
+    /// A read confirms the blob for the GC grace period (refreshed at most
+    /// once a minute, so reads rarely write).
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        self.meta.repo_blob(repo, digest).await?.ok_or(RegistryError::BlobUnknown)
+        let link = self.meta.blob_link(repo, digest).await?.ok_or(RegistryError::BlobUnknown)?;
+        let now = now_secs();
+        let every = TOUCH_EVERY_SECS.min(self.policies.gc.grace.as_secs() as i64 / 4);
+        if now - link.last_seen > every {
+            self.meta.touch_blob(repo, digest, now).await?;
+        }
+        Ok(link.size)
     }
 
     /// Opens a blob for reading. `range` is `(first, last inclusive)`, with
@@ -159,7 +238,15 @@ impl Registry {
             None => None,
         };
         if let Some(size) = size {
-            if self.blobs.stat(digest).await?.is_some() {
+            let _quota = match self.has_quota(repo) {
+                true => Some(self.quota_lock.lock().await),
+                false => None,
+            };
+            // Under the digest lock a collection cannot remove the blob
+            // between the check and the link.
+            let _digest = self.lock_digest(digest).await;
+            if self.meta.any_blob(digest).await?.is_some() && self.blobs.stat(digest).await?.is_some() {
+                self.check_quota(repo, digest, size).await?;
                 self.meta.link_blob(repo, digest, size).await?;
                 return Ok(Mount::Mounted);
             }
@@ -196,6 +283,18 @@ impl Registry {
             }
             Reference::Tag(tag) => (Digest::of(Algorithm::Sha256, &body), Some(tag)),
         };
+        if let Some(tag) = tag {
+            if self.policies.is_immutable(repo.as_str(), tag.as_str()) {
+                if let Some(existing) = self.meta.get_manifest(repo, &Reference::Tag(tag.clone())).await? {
+                    if existing.digest != digest {
+                        return Err(RegistryError::Denied(format!(
+                            "tag {tag} of {repo} is immutable: it points at {} and cannot be overwritten",
+                            existing.digest
+                        )));
+                    }
+                }
+            }
+        }
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         let record = ManifestRecord {
             digest: digest.clone(),
@@ -216,18 +315,68 @@ impl Registry {
         self.meta.get_manifest(repo, reference).await?.ok_or(RegistryError::ManifestUnknown)
     }
 
-    /// Deletes a manifest (by digest, with its tags) or just a tag.
+    /// Deletes a manifest (by digest, with its tags) or just a tag. With
+    /// `delete_referrers_with_subject`, the manifests referring to a deleted
+    /// manifest go too (and theirs, recursively).
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.require_delete()?;
         let deleted = match reference {
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
-            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+            Reference::Digest(d) => {
+                self.refuse_immutable(repo, d).await?;
+                let deleted = self.meta.delete_manifest(repo, d).await?;
+                if deleted && self.policies.gc.delete_referrers_with_subject {
+                    self.delete_referrers_of(repo, d).await?;
+                }
+                deleted
+            }
+            Reference::Tag(t) => {
+                if self.policies.is_immutable(repo.as_str(), t.as_str())
+                    && self.meta.get_manifest(repo, reference).await?.is_some()
+                {
+                    return Err(RegistryError::Denied(format!("tag {t} of {repo} is immutable and cannot be deleted")));
+                }
+                self.meta.delete_tag(repo, t).await?
+            }
         };
         if deleted {
             Ok(())
         } else {
             Err(RegistryError::ManifestUnknown)
         }
+    }
+
+    /// Refuses to delete a manifest an immutable tag points at.
+    async fn refuse_immutable(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if self.policies.immutable_tags.is_empty() {
+            return Ok(());
+        }
+        for tag in self.meta.tags_of(repo, digest).await? {
+            if self.policies.is_immutable(repo.as_str(), &tag) {
+                return Err(RegistryError::Denied(format!(
+                    "{digest} is tagged {tag} in {repo}, an immutable tag; it cannot be deleted"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the referrers of `subject` in `repo`, and theirs. Referrers
+    /// an immutable tag protects stay.
+    pub(crate) async fn delete_referrers_of(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>> {
+        let mut deleted = Vec::new();
+        let mut queue = vec![subject.clone()];
+        while let Some(s) = queue.pop() {
+            for r in self.meta.referrers(repo, &s).await? {
+                if self.refuse_immutable(repo, &r.digest).await.is_err() {
+                    continue;
+                }
+                if self.meta.delete_manifest(repo, &r.digest).await? {
+                    deleted.push(r.digest.clone());
+                    queue.push(r.digest);
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     // ---- discovery ---------------------------------------------------------

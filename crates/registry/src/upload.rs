@@ -178,8 +178,15 @@ impl Registry {
                 "uploaded content has digest {actual}, not {digest}"
             )));
         }
-        self.blobs.commit_upload(id, digest).await?;
-        self.meta.link_blob(repo, digest, size).await?;
+        if let Err(e) = self.commit_and_link(repo, id, digest, size).await {
+            if matches!(e, RegistryError::Denied(_)) {
+                // Refused by quota: nothing of it is kept.
+                tracing::info!(%repo, %digest, reason = %e, "upload refused");
+                drop(state);
+                self.discard_upload(id).await;
+            }
+            return Err(e);
+        }
         self.meta.delete_upload(id.as_str()).await?;
         drop(state);
         self.forget_session(id);
@@ -209,12 +216,7 @@ impl Registry {
         .await;
         match outcome {
             Ok(size) => {
-                let committed = async {
-                    self.blobs.commit_upload(&id, digest).await?;
-                    self.meta.link_blob(repo, digest, size).await?;
-                    Ok(())
-                }
-                .await;
+                let committed = self.commit_and_link(repo, &id, digest, size).await;
                 if committed.is_err() {
                     let _ = self.blobs.abort_upload(&id).await;
                 }
@@ -227,6 +229,23 @@ impl Registry {
                 Err(e)
             }
         }
+    }
+
+    /// Checks quotas, then makes a verified upload durable and visible.
+    /// Holds the digest lock from the file's rename to the link, so a
+    /// collection never deletes a file whose row is about to appear.
+    async fn commit_and_link(&self, repo: &RepoName, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
+        let _quota = match self.has_quota(repo) {
+            true => Some(self.quota_lock.lock().await),
+            false => None,
+        };
+        if _quota.is_some() {
+            self.check_quota(repo, digest, size).await?;
+        }
+        let _digest = self.lock_digest(digest).await;
+        self.blobs.commit_upload(id, digest).await?;
+        self.meta.link_blob(repo, digest, size).await?;
+        Ok(())
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
