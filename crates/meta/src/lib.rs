@@ -5,6 +5,7 @@
 //! once its row is committed. Every multi-row change is one transaction, so
 //! a crash leaves either the old state or the new one.
 
+mod search;
 mod sqlite;
 pub mod snapshot;
 
@@ -41,6 +42,92 @@ pub struct ManifestRecord {
     pub blobs: Vec<Digest>,
     /// Manifests (index children) that must exist in the repository.
     pub children: Vec<Digest>,
+    /// What search indexes of this manifest (stored in the same transaction).
+    pub search: SearchFields,
+}
+
+/// What the search index keeps of one manifest, extracted by the registry
+/// at push time from the manifest and its image config.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchFields {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    /// Image-config labels and manifest annotations, key and value.
+    pub labels: Vec<(String, String)>,
+    /// `os/arch[/variant]` of the image, or of each entry of an index.
+    pub platforms: Vec<String>,
+    /// The config's `created` time, as written there.
+    pub created: Option<String>,
+}
+
+/// A parsed search: every term must match (name, tags, descriptions,
+/// labels); every filter must hold.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    /// Lower-case terms.
+    pub terms: Vec<String>,
+    /// `label:key=value` filters.
+    pub labels: Vec<(String, String)>,
+    /// `platform:os/arch[/variant]` filters (a shorter one matches longer ones).
+    pub platforms: Vec<String>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// One matching repository.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub name: String,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub platforms: Vec<String>,
+    /// 0 exact name, 1 name prefix, 2 name substring, 3 tag, 4 other text.
+    pub rank: u8,
+    /// Last tag change, seconds since the epoch.
+    pub updated_at: i64,
+}
+
+/// A page of hits and how many there are in all (after authorization).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchPage {
+    pub total: usize,
+    pub hits: Vec<SearchHit>,
+}
+
+/// Decides which repositories the caller may see.
+pub type RepoFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A repository as the web interface shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepositoryInfo {
+    pub name: String,
+    pub description: Option<String>,
+    pub created_at: i64,
+    pub tags: Vec<TagDetail>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagDetail {
+    pub name: String,
+    pub digest: Digest,
+    pub media_type: String,
+    /// Manifest bytes plus the bytes of the blobs it references (for an
+    /// index: of its children's blobs).
+    pub size: u64,
+    pub platforms: Vec<String>,
+    pub pushed_at: i64,
+    pub created: Option<String>,
+    pub pulls: u64,
+    pub last_pull: Option<i64>,
+}
+
+/// Pulls of one manifest counted in memory, added to the store in batches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullCount {
+    pub repo: String,
+    pub digest: String,
+    pub count: u64,
+    pub last: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -194,4 +281,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Deletes the blob row when no repository links it and no manifest
     /// references it; returns its size when deleted.
     async fn delete_blob_if_unused(&self, digest: &Digest) -> Result<Option<u64>>;
+
+    // ---- search and browsing ------------------------------------------------
+
+    /// Repositories matching `query`, ranked, only those `allow` accepts.
+    async fn search(&self, query: SearchQuery, allow: RepoFilter) -> Result<SearchPage>;
+    /// A repository's tags with sizes, platforms, push and pull times.
+    async fn repository_info(&self, repo: &RepoName) -> Result<Option<RepositoryInfo>>;
+    /// Adds counted pulls.
+    async fn record_pulls(&self, pulls: Vec<PullCount>) -> Result<()>;
+    /// Pull count and last pull time of one manifest.
+    async fn pulls_of(&self, repo: &RepoName, digest: &Digest) -> Result<(u64, Option<i64>)>;
 }

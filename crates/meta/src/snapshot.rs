@@ -199,6 +199,7 @@ mod tests {
             annotations_json: None,
             blobs: vec![blob.clone()],
             children: vec![],
+            search: Default::default(),
         };
         db.put_manifest(&repo, record.clone(), Some(&Tag::parse("v1").unwrap())).await.unwrap();
         db.create_upload("u1", &repo, 1).await.unwrap();

@@ -2,8 +2,9 @@
 //! and a small pool of readers. Calls run on tokio's blocking threads.
 
 use crate::{
-    BlobLink, GcSnapshot, ManifestNode, ManifestRecord, MetaError, MetadataStore, Referrer, RepoSnapshot, Result,
-    StoredManifest, TagInfo, UntaggedDeletion, UploadRecord,
+    BlobLink, GcSnapshot, ManifestNode, ManifestRecord, MetaError, MetadataStore, PullCount, Referrer, RepoFilter,
+    RepoSnapshot, RepositoryInfo, Result, SearchPage, SearchQuery, StoredManifest, TagInfo, UntaggedDeletion,
+    UploadRecord,
 };
 use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
@@ -76,6 +77,71 @@ UPDATE repo_blobs SET last_seen = created_at;
 ALTER TABLE manifests ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
 UPDATE manifests SET last_seen = created_at;
 CREATE INDEX repo_blobs_by_digest ON repo_blobs(digest);
+"#,
+// Search: one full-text document per repository (trigram, so substrings of
+// names match), per-manifest fields extracted at push time, label and
+// platform filters, and pull counters. Triggers mark repositories whose
+// tags or manifests changed; the writing transaction re-indexes them before
+// it commits (see `reindex_dirty`).
+r#"
+CREATE VIRTUAL TABLE search_docs USING fts5(name, tags, body, tokenize = 'trigram', content = '', contentless_delete = 1);
+CREATE TABLE search_manifests (
+    repo_id     INTEGER NOT NULL,
+    digest      TEXT NOT NULL,
+    title       TEXT,
+    description TEXT,
+    labels      TEXT,
+    platforms   TEXT,
+    created     TEXT,
+    PRIMARY KEY (repo_id, digest)
+) WITHOUT ROWID;
+CREATE TABLE search_repos (
+    repo_id     INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    tags        TEXT NOT NULL,
+    description TEXT,
+    platforms   TEXT,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE search_labels (
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    repo_id INTEGER NOT NULL,
+    PRIMARY KEY (key, value, repo_id)
+) WITHOUT ROWID;
+CREATE TABLE search_platforms (
+    platform TEXT NOT NULL,
+    repo_id  INTEGER NOT NULL,
+    PRIMARY KEY (platform, repo_id)
+) WITHOUT ROWID;
+CREATE INDEX search_labels_by_repo ON search_labels(repo_id);
+CREATE INDEX search_platforms_by_repo ON search_platforms(repo_id);
+CREATE TABLE search_dirty (repo_id INTEGER PRIMARY KEY);
+CREATE TABLE pulls (
+    repo_id   INTEGER NOT NULL,
+    digest    TEXT NOT NULL,
+    count     INTEGER NOT NULL,
+    last_pull INTEGER NOT NULL,
+    PRIMARY KEY (repo_id, digest)
+) WITHOUT ROWID;
+CREATE TRIGGER search_tags_ins AFTER INSERT ON tags BEGIN
+    INSERT OR IGNORE INTO search_dirty(repo_id) VALUES (NEW.repo_id);
+END;
+CREATE TRIGGER search_tags_upd AFTER UPDATE ON tags BEGIN
+    INSERT OR IGNORE INTO search_dirty(repo_id) VALUES (NEW.repo_id);
+END;
+CREATE TRIGGER search_tags_del AFTER DELETE ON tags BEGIN
+    INSERT OR IGNORE INTO search_dirty(repo_id) VALUES (OLD.repo_id);
+END;
+CREATE TRIGGER search_manifests_ins AFTER INSERT ON manifests BEGIN
+    INSERT OR IGNORE INTO search_dirty(repo_id) VALUES (NEW.repo_id);
+END;
+CREATE TRIGGER search_manifests_del AFTER DELETE ON manifests BEGIN
+    DELETE FROM search_manifests WHERE repo_id = OLD.repo_id AND digest = OLD.digest;
+    DELETE FROM pulls WHERE repo_id = OLD.repo_id AND digest = OLD.digest;
+    INSERT OR IGNORE INTO search_dirty(repo_id) VALUES (OLD.repo_id);
+END;
+INSERT INTO search_dirty(repo_id) SELECT id FROM repositories;
 "#];
 
 const READERS: usize = 8;
@@ -125,6 +191,11 @@ impl SqliteMetadata {
         let mut writer = Connection::open(&path).map_err(backend)?;
         configure(&writer).map_err(backend)?;
         migrate(&mut writer)?;
+        {
+            let tx = writer.transaction().map_err(backend)?;
+            crate::search::reindex_dirty(&tx).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
         Ok(SqliteMetadata {
             inner: Arc::new(Inner { path, keyring, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
         })
@@ -208,6 +279,7 @@ impl SqliteMetadata {
             let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let out = f(&tx)?;
+            crate::search::reindex_dirty(&tx).map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(out)
         })
@@ -313,6 +385,7 @@ impl MetadataStore for SqliteMetadata {
             ),
             None => (record.body.to_vec(), record.annotations_json.as_ref().map(|a| a.as_bytes().to_vec())),
         };
+        let encrypted = self.inner.keyring.is_some();
         self.write(move |tx| {
             let now = now_secs();
             let id = ensure_repo(tx, &repo, now)?;
@@ -362,6 +435,7 @@ impl MetadataStore for SqliteMetadata {
                 ],
             )
             .map_err(backend)?;
+            crate::search::put_fields(tx, id, &digest, &record.search, encrypted).map_err(backend)?;
             let refs = record.blobs.iter().map(|d| (d, 0)).chain(record.children.iter().map(|d| (d, 1)));
             for (target, kind) in refs {
                 tx.execute(
@@ -878,6 +952,27 @@ impl MetadataStore for SqliteMetadata {
         })
         .await
     }
+
+    async fn search(&self, query: SearchQuery, allow: RepoFilter) -> Result<SearchPage> {
+        self.read(move |c| crate::search::search(c, &query, &allow)).await
+    }
+
+    async fn repository_info(&self, repo: &RepoName) -> Result<Option<RepositoryInfo>> {
+        let repo = repo.to_string();
+        self.read(move |c| crate::search::repository_info(c, &repo)).await
+    }
+
+    async fn record_pulls(&self, pulls: Vec<PullCount>) -> Result<()> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        self.write(move |tx| crate::search::record_pulls(tx, &pulls).map_err(backend)).await
+    }
+
+    async fn pulls_of(&self, repo: &RepoName, digest: &Digest) -> Result<(u64, Option<i64>)> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |c| crate::search::pulls_of(c, &repo, &digest)).await
+    }
 }
 
 #[cfg(test)]
@@ -898,6 +993,7 @@ mod tests {
             annotations_json: None,
             blobs,
             children: vec![],
+            search: Default::default(),
         }
     }
 

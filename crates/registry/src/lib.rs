@@ -12,10 +12,11 @@
 mod error;
 pub mod gc;
 pub mod policy;
+pub mod search;
 mod upload;
 
 pub use error::{RegistryError, Result};
-pub use gc::GcReport;
+pub use gc::{GcReport, UsageReport};
 pub use policy::Policies;
 pub use upload::UploadStatus;
 
@@ -67,6 +68,8 @@ pub struct Registry {
     quota_lock: tokio::sync::Mutex<()>,
     /// One collection at a time.
     gc_lock: tokio::sync::Mutex<()>,
+    /// Manifest pulls counted since the last write.
+    pulls: search::PullCounter,
 }
 
 /// Number of digest lock stripes.
@@ -123,6 +126,7 @@ impl Registry {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             quota_lock: tokio::sync::Mutex::new(()),
             gc_lock: tokio::sync::Mutex::new(()),
+            pulls: Default::default(),
         }
     }
 
@@ -305,6 +309,7 @@ impl Registry {
                 .then(|| serde_json::to_string(&parsed.annotations).unwrap_or_default()),
             blobs: dedup(parsed.required_blobs().map(|d| d.digest.clone())),
             children: dedup(parsed.manifests.iter().map(|d| d.digest.clone())),
+            search: self.search_fields(&parsed).await,
             body,
         };
         self.meta.put_manifest(repo, record, tag).await?;
