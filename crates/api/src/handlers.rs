@@ -377,6 +377,9 @@ async fn tags(state: &ApiState, repo: &RepoName, query: &Query) -> Result<Respon
 
 async fn get_manifest(state: &ApiState, repo: &RepoName, reference: &Reference, head: bool) -> Result<Response<Body>> {
     let m = state.registry.get_manifest(repo, reference).await?;
+    if !head {
+        state.registry.record_pull(repo, &m.digest);
+    }
     let len = m.body.len();
     let mut resp = Response::new(if head { Body::empty() } else { Body::from(m.body) });
     set(&mut resp, header::CONTENT_TYPE, &m.media_type);

@@ -8,13 +8,15 @@
 //! - [`error`] is the single place where errors become status codes and
 //!   OCI error bodies;
 //! - [`access`] authenticates, authorizes and audits each request;
-//! - [`observe`] logs one line per request and records metrics.
+//! - [`observe`] logs one line per request and records metrics;
+//! - `web` serves search (`/v1/search`, `/api/v1/…`) and the web interface.
 
 pub mod access;
 pub mod error;
 mod handlers;
 mod observe;
 pub mod route;
+mod web;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -46,5 +48,8 @@ pub fn app(state: ApiState) -> axum::Router {
 }
 
 async fn dispatch(State(state): State<ApiState>, req: Request<Body>) -> Response<Body> {
+    if let Some(incoming) = web::Incoming::of(&req) {
+        return web::handle(&state, incoming).await;
+    }
     handlers::handle(state, req).await
 }
