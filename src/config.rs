@@ -15,6 +15,7 @@ pub struct Config {
     pub auth: berth_auth::AuthConfig,
     pub tls: crate::tls::TlsConfig,
     pub encryption: crate::encryption::EncryptionConfig,
+    pub backup: crate::backup::BackupConfig,
     pub log: LogConfig,
 }
 
@@ -59,6 +60,7 @@ impl Default for Config {
             auth: berth_auth::AuthConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             encryption: crate::encryption::EncryptionConfig::default(),
+            backup: crate::backup::BackupConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -132,6 +134,16 @@ const DOCS: &[(&str, &str, &str)] = &[
     ("encryption", "key_file", "Encrypt blobs and manifests at rest with this key (base64, 32 bytes; `berth encryption new-key`). Off when empty."),
     ("encryption", "key", "The key itself, base64: set it as BERTH_ENCRYPTION_KEY rather than in a file you share."),
     ("encryption", "previous_key_files", "Earlier keys: data sealed with them is re-encrypted with the current key in the background."),
+    ("backup", "schedule", "Scheduled backups: a cron expression (5 fields, or 6 with seconds first), e.g. \"0 3 * * *\". Off when empty."),
+    ("backup", "repo", "Backup repository directory (created with `berth backup init --repo DIR`)."),
+    ("backup", "password_file", "File whose first line is the backup repository's password."),
+    ("backup", "key_file", "Key file that unlocks the backup repository (instead of password_file)."),
+    ("backup", "keep_last", "After each scheduled backup keep the newest N snapshots (0: rule off; all keep_* 0: keep everything)."),
+    ("backup", "keep_hourly", "Keep the newest snapshot of each of the last N hours that have one."),
+    ("backup", "keep_daily", "Keep the newest snapshot of each of the last N days that have one."),
+    ("backup", "keep_weekly", "Keep the newest snapshot of each of the last N ISO weeks that have one."),
+    ("backup", "keep_monthly", "Keep the newest snapshot of each of the last N months that have one."),
+    ("backup", "prune", "After forgetting snapshots, delete backup data no remaining snapshot needs."),
     ("log", "level", "Log filter: error, warn, info, debug, trace, or a tracing directive list."),
     ("log", "format", "Log format: text or json."),
 ];
@@ -169,6 +181,7 @@ impl Config {
             bail!("registry.max_manifest_bytes: must be at least 1024");
         }
         self.tls.validate()?;
+        self.backup.validate()?;
         if self.storage.data_dir.as_os_str().is_empty() {
             bail!("storage.data_dir: must not be empty");
         }

@@ -1,5 +1,6 @@
 //! `berth`: the registry server and its command-line tools.
 
+mod backup;
 mod config;
 mod encryption;
 mod server;
@@ -46,6 +47,11 @@ enum Command {
     Encryption {
         #[command(subcommand)]
         command: EncryptionCommand,
+    },
+    /// Backups: init, create, list, verify, restore, forget.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
     },
     /// TLS helpers.
     Tls {
@@ -105,6 +111,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Config { command: ConfigCommand::Check { file } } => check(&file),
         Command::User { command } => user(command),
+        Command::Backup { command } => backup::run(command),
         Command::Encryption { command: EncryptionCommand::NewKey } => {
             println!("{}", encryption::new_key());
             Ok(())

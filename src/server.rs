@@ -49,7 +49,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     let registry = Arc::new(Registry::new(
-        blobs,
+        blobs.clone(),
         meta,
         RegistryConfig {
             delete_enabled: config.registry.delete_enabled,
@@ -91,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     spawn_upload_expiry(registry.clone());
+    crate::backup::spawn_scheduled(&config, blobs.clone()).context("scheduled backups")?;
 
     let listener = TcpListener::bind(config.listen_addr())
         .await
