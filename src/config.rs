@@ -12,6 +12,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub registry: RegistrySection,
+    pub gc: GcSection,
     pub auth: berth_auth::AuthConfig,
     pub tls: crate::tls::TlsConfig,
     pub encryption: crate::encryption::EncryptionConfig,
@@ -42,6 +43,59 @@ pub struct RegistrySection {
     pub upload_ttl_secs: u64,
     pub max_manifest_bytes: usize,
     pub max_page_size: usize,
+    pub immutable_tags: Vec<ImmutableTagsRule>,
+    pub quotas: Vec<QuotaRule>,
+    pub retention: Vec<RetentionRule>,
+}
+
+/// `[[registry.immutable_tags]]`: tags that cannot be moved or deleted once pushed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutableTagsRule {
+    pub repositories: Vec<String>,
+    /// Regular expressions matching the whole tag.
+    pub tags: Vec<String>,
+}
+
+/// `[[registry.quotas]]`: a byte limit for the repositories a glob matches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRule {
+    pub repositories: String,
+    pub max_bytes: u64,
+}
+
+/// `[[registry.retention]]`: which tags garbage collection removes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub repositories: Vec<String>,
+    pub keep_last: Option<usize>,
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
+    pub delete_older_than_days: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcSection {
+    pub interval_secs: u64,
+    pub grace_secs: u64,
+    pub untagged_after_secs: u64,
+    pub dry_run: bool,
+    pub delete_referrers_with_subject: bool,
+}
+
+impl Default for GcSection {
+    fn default() -> Self {
+        GcSection {
+            interval_secs: 3600,
+            grace_secs: 3600,
+            untagged_after_secs: 0,
+            dry_run: false,
+            delete_referrers_with_subject: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -57,6 +111,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
             registry: RegistrySection::default(),
+            gc: GcSection::default(),
             auth: berth_auth::AuthConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             encryption: crate::encryption::EncryptionConfig::default(),
@@ -91,6 +146,9 @@ impl Default for RegistrySection {
             upload_ttl_secs: 24 * 3600,
             max_manifest_bytes: berth_oci::manifest::MAX_MANIFEST_BYTES,
             max_page_size: 1000,
+            immutable_tags: Vec::new(),
+            quotas: Vec::new(),
+            retention: Vec::new(),
         }
     }
 }
@@ -113,6 +171,14 @@ const DOCS: &[(&str, &str, &str)] = &[
     ("registry", "upload_ttl_secs", "Upload sessions idle this long are removed with their data."),
     ("registry", "max_manifest_bytes", "Largest manifest accepted (413 beyond)."),
     ("registry", "max_page_size", "Most tags or repositories returned per page (clients follow the Link header)."),
+    ("registry", "immutable_tags", "Tags that cannot be overwritten or deleted once pushed (403 DENIED). Example:\n# [[registry.immutable_tags]]\n# repositories = [\"prod/**\"]\n# tags = [\"v\\\\d+\\\\..*\"]          # regular expressions, matched against the whole tag"),
+    ("registry", "quotas", "Byte limits on the distinct blobs linked in matching repositories; a push beyond is refused (403 DENIED). Example:\n# [[registry.quotas]]\n# repositories = \"team/**\"\n# max_bytes = 10737418240"),
+    ("registry", "retention", "Tags removed by garbage collection; the first matching policy applies. Example:\n# [[registry.retention]]\n# repositories = [\"ci/**\"]\n# keep_last = 10                   # the newest N tags stay\n# keep_tags = [\"release-.*\"]       # tags matching stay\n# delete_older_than_days = 30      # only older tags go"),
+    ("gc", "interval_secs", "Run garbage collection this often while serving (0: only on demand, `berth gc`)."),
+    ("gc", "grace_secs", "Blobs pushed, mounted or read (HEAD/GET) in a repository this recently are never collected there."),
+    ("gc", "untagged_after_secs", "Collect manifests no tag reaches (directly, as index child or as referrer of a kept subject) once this old; 0: keep them."),
+    ("gc", "dry_run", "Scheduled runs only log what they would remove."),
+    ("gc", "delete_referrers_with_subject", "Deleting a manifest (API or collection) also deletes its referrers (signatures, SBOMs)."),
     ("auth", "mode", "Authentication: none (open registry), basic (htpasswd users), or token (Docker token protocol; Basic also accepted)."),
     ("auth", "htpasswd", "htpasswd file with bcrypt hashes (`berth user add NAME --file F` or `htpasswd -B`)."),
     ("auth", "realm", "Realm named in Basic challenges."),
@@ -180,12 +246,52 @@ impl Config {
         if self.registry.max_manifest_bytes < 1024 {
             bail!("registry.max_manifest_bytes: must be at least 1024");
         }
+        self.policies()?;
         self.tls.validate()?;
         self.backup.validate()?;
         if self.storage.data_dir.as_os_str().is_empty() {
             bail!("storage.data_dir: must not be empty");
         }
         Ok(())
+    }
+
+    /// Registry policies (garbage collection, immutable tags, quotas,
+    /// retention), with patterns compiled.
+    pub fn policies(&self) -> anyhow::Result<berth_registry::Policies> {
+        use berth_registry::policy::{self, GcSettings, ImmutableRule, Quota, RetentionPolicy};
+        use std::time::Duration;
+        let regexes = |what: &str, list: &[String]| -> anyhow::Result<Vec<policy::Regex>> {
+            list.iter().map(|t| policy::tag_regex(t).map_err(|e| anyhow!("{what}: {e}"))).collect()
+        };
+        let mut immutable_tags = Vec::new();
+        for r in &self.registry.immutable_tags {
+            immutable_tags.push(ImmutableRule {
+                repositories: r.repositories.clone(),
+                tags: regexes("registry.immutable_tags.tags", &r.tags)?,
+            });
+        }
+        let mut retention = Vec::new();
+        for r in &self.registry.retention {
+            if r.keep_last.is_none() && r.delete_older_than_days.is_none() {
+                bail!("registry.retention: set keep_last, delete_older_than_days or both (for {:?})", r.repositories);
+            }
+            retention.push(RetentionPolicy {
+                repositories: r.repositories.clone(),
+                keep_last: r.keep_last,
+                keep_tags: regexes("registry.retention.keep_tags", &r.keep_tags)?,
+                older_than: r.delete_older_than_days.map(|d| Duration::from_secs(d * 86400)),
+            });
+        }
+        Ok(berth_registry::Policies {
+            gc: GcSettings {
+                grace: Duration::from_secs(self.gc.grace_secs),
+                untagged_after: (self.gc.untagged_after_secs > 0).then(|| Duration::from_secs(self.gc.untagged_after_secs)),
+                delete_referrers_with_subject: self.gc.delete_referrers_with_subject,
+            },
+            immutable_tags,
+            quotas: self.registry.quotas.iter().map(|q| Quota { repositories: q.repositories.clone(), max_bytes: q.max_bytes }).collect(),
+            retention,
+        })
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

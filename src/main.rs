@@ -1,6 +1,7 @@
 //! `berth`: the registry server and its command-line tools.
 
 mod backup;
+mod admin;
 mod config;
 mod encryption;
 mod server;
@@ -32,6 +33,21 @@ enum Command {
         #[arg(long, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Collect garbage: unreferenced blobs, untagged manifests and expired
+    /// tags (per configuration), expired uploads. Against a running server
+    /// with --url (admin endpoint), or directly on a stopped data directory.
+    Gc {
+        /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Storage used per repository and per configured quota.
+    Usage {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -58,6 +74,23 @@ enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
+}
+
+/// Where an administrative command acts.
+#[derive(clap::Args)]
+struct Target {
+    /// A running server, e.g. http://127.0.0.1:5000 (needs the admin action when auth is on).
+    #[arg(long, conflicts_with = "data_dir")]
+    url: Option<String>,
+    /// User for --url; the password comes from BERTH_PASSWORD.
+    #[arg(long, requires = "url")]
+    user: Option<String>,
+    /// A data directory no server is using (overrides storage.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file (policies, encryption, data directory).
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +138,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { listen, data_dir, config } => serve(listen, data_dir, config),
+        Command::Gc { dry_run, target } => admin::gc(target, dry_run),
+        Command::Usage { target } => admin::usage(target),
         Command::Config { command: ConfigCommand::Defaults } => {
             print!("{}", Config::defaults_toml());
             Ok(())

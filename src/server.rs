@@ -57,7 +57,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_manifest_bytes: config.registry.max_manifest_bytes,
             max_page: config.registry.max_page_size,
         },
-    ));
+    )
+    .with_policies(config.policies()?));
 
     let metrics: Option<MetricsRender> = if config.server.metrics {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -92,6 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     spawn_upload_expiry(registry.clone());
     crate::backup::spawn_scheduled(&config, blobs.clone()).context("scheduled backups")?;
+    spawn_gc(registry.clone(), Duration::from_secs(config.gc.interval_secs), config.gc.dry_run);
 
     let listener = TcpListener::bind(config.listen_addr())
         .await
@@ -198,6 +200,26 @@ fn spawn_upload_expiry(registry: Arc<Registry>) {
                 Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
             }
             tokio::time::sleep(every).await;
+        }
+    });
+}
+
+/// Collects garbage on a schedule (the first run one interval after start).
+fn spawn_gc(registry: Arc<Registry>, every: Duration, dry_run: bool) {
+    if every.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match registry.collect_garbage(dry_run).await {
+                Ok(report) => {
+                    if dry_run {
+                        tracing::info!(target: "berth::gc", report = %report.to_json(), "dry run");
+                    }
+                }
+                Err(e) => tracing::warn!(target: "berth::gc", error = %e, "garbage collection failed"),
+            }
         }
     });
 }

@@ -41,6 +41,8 @@ fn needs<'a>(route: &Route<'a>, method: &Method) -> Needs<'a> {
             _ => Needs::Repo(name, Action::Pull),
         },
         Route::Upload { name, .. } => Needs::Repo(name, Action::Push),
+        // Registry-wide administration: the admin action on every repository.
+        Route::AdminGc | Route::AdminUsage => Needs::Repo("**", Action::Admin),
         Route::Token | Route::Health | Route::Metrics | Route::NotFound => Needs::Nothing,
     }
 }
@@ -156,7 +158,7 @@ pub(crate) async fn enforce(State(state): State<ApiState>, mut req: Request<Body
     let resp = next.run(req).await;
     let auditable = matches!(
         (&route, &method),
-        (Route::Manifest { .. }, &Method::PUT) | (Route::Manifest { .. } | Route::Blob { .. }, &Method::DELETE) | (Route::Upload { .. }, &Method::PUT)
+        (Route::Manifest { .. }, &Method::PUT) | (Route::Manifest { .. } | Route::Blob { .. }, &Method::DELETE) | (Route::Upload { .. }, &Method::PUT) | (Route::AdminGc, &Method::POST)
     );
     if auditable {
         tracing::info!(

@@ -126,6 +126,21 @@ async fn dispatch(state: &ApiState, req: Request<Body>) -> Result<Response<Body>
                 _ => Err(ApiError::MethodNotAllowed),
             }
         }
+        Route::AdminGc => match method {
+            Method::POST => {
+                let dry_run = matches!(query.get("dry_run"), Some("true" | "1" | "yes"));
+                let report = state.registry.collect_garbage(dry_run).await?;
+                Ok(json(StatusCode::OK, serde_json::to_string(&report).unwrap_or_default(), false))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Route::AdminUsage => match method {
+            Method::GET => {
+                let usage = state.registry.usage().await?;
+                Ok(json(StatusCode::OK, serde_json::to_string(&usage).unwrap_or_default(), false))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
         Route::NotFound => Err(ApiError::NotFound),
     }
 }

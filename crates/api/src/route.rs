@@ -23,6 +23,10 @@ pub enum Route<'a> {
     Health,
     /// `/metrics`
     Metrics,
+    /// `/admin/gc`: run garbage collection.
+    AdminGc,
+    /// `/admin/usage`: storage used per repository and quota.
+    AdminUsage,
     NotFound,
 }
 
@@ -40,6 +44,8 @@ impl Route<'_> {
             Route::Token => "token",
             Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::AdminGc => "admin_gc",
+            Route::AdminUsage => "admin_usage",
             Route::NotFound => "not_found",
         }
     }
@@ -50,6 +56,8 @@ pub fn parse(path: &str) -> Route<'_> {
         "/healthz" => return Route::Health,
         "/token" => return Route::Token,
         "/metrics" => return Route::Metrics,
+        "/admin/gc" => return Route::AdminGc,
+        "/admin/usage" => return Route::AdminUsage,
         "/v2" | "/v2/" => return Route::Base,
         "/v2/_catalog" => return Route::Catalog,
         _ => {}

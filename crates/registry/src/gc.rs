@@ -32,12 +32,12 @@
 use crate::{now_secs, policy::Policies, Registry, Result};
 use berth_meta::{GcSnapshot, UntaggedDeletion};
 use berth_oci::{Digest, RepoName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// What a collection removed (or, in a dry run, would remove).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct GcReport {
     pub dry_run: bool,
     /// `repo:tag`, removed by retention policies.
@@ -58,6 +58,14 @@ pub struct GcReport {
 }
 
 impl GcReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Option<GcReport> {
+        serde_json::from_str(text).ok()
+    }
+
     /// One line for logs and the CLI.
     pub fn summary(&self) -> String {
         format!(
@@ -316,7 +324,13 @@ impl Registry {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+impl UsageReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UsageReport {
     /// Distinct blob bytes stored, all repositories together.
     pub total_bytes: u64,
@@ -324,13 +338,13 @@ pub struct UsageReport {
     pub quotas: Vec<QuotaUsage>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RepoUsage {
     pub name: String,
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct QuotaUsage {
     pub repositories: String,
     pub max_bytes: u64,

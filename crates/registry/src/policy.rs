@@ -2,7 +2,7 @@
 //! immutable tags, quotas and retention. Built from configuration once;
 //! patterns are compiled here so a bad one is refused at start-up.
 
-use regex::Regex;
+pub use regex::Regex;
 use std::time::Duration;
 
 /// How garbage collection behaves.

@@ -1,0 +1,488 @@
+//! Garbage collection, retention, immutable tags and quotas against the real
+//! binary: a stress run with concurrent pushers while collections loop,
+//! dry runs compared with real runs, and policy checks with real pushes.
+
+mod clients_support;
+mod common;
+
+use common::{client, push_blob, random_bytes, sha256, Server};
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Client = reqwest::blocking::Client;
+
+fn manifest_for(config: &str, config_len: usize, layers: &[(String, usize)]) -> Vec<u8> {
+    json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_len},
+        "layers": layers.iter().map(|(d, n)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n})).collect::<Vec<_>>(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn put_manifest(c: &Client, url: &str, repo: &str, reference: &str, body: &[u8], media_type: &str) -> (u16, String) {
+    let r = c
+        .put(format!("{url}/v2/{repo}/manifests/{reference}"))
+        .header("Content-Type", media_type)
+        .body(body.to_vec())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap_or_default())
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+fn gc(c: &Client, url: &str, dry_run: bool) -> Value {
+    let r = c.post(format!("{url}/admin/gc{}", if dry_run { "?dry_run=true" } else { "" })).send().unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+/// Sum of blob file sizes and the set of digests on disk.
+fn blobs_on_disk(data: &Path) -> (u64, BTreeSet<String>) {
+    let mut total = 0;
+    let mut set = BTreeSet::new();
+    let root = data.join("blobs/sha256");
+    for fan in std::fs::read_dir(&root).unwrap() {
+        for f in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            total += f.metadata().unwrap().len();
+            set.insert(format!("sha256:{}", f.file_name().to_string_lossy()));
+        }
+    }
+    (total, set)
+}
+
+fn list(v: &Value, key: &str) -> Vec<String> {
+    v[key].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+}
+
+/// The parts of a report a dry run must predict exactly.
+fn plan_of(v: &Value) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>, u64) {
+    (
+        list(v, "tags_deleted"),
+        list(v, "manifests_deleted"),
+        list(v, "links_removed"),
+        list(v, "blobs_deleted"),
+        v["bytes_freed"].as_u64().unwrap(),
+    )
+}
+
+#[derive(Clone)]
+struct Acked {
+    repo: String,
+    tag: String,
+    manifest: Vec<u8>,
+    blobs: Vec<String>,
+}
+
+fn is_blob_unknown(status: u16, body: &str) -> bool {
+    status == 400 && body.contains("MANIFEST_BLOB_UNKNOWN")
+}
+
+#[test]
+fn stress_pushes_while_collecting() {
+    let s = Server::start_with(&[], &[("BERTH_GC_GRACE_SECS", "0"), ("BERTH_GC_INTERVAL_SECS", "0")]);
+    let url = s.url.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
+    let shared_layer = random_bytes(5000);
+
+    // Collections in a loop until the pushers are done.
+    let collector = {
+        let (url, stop) = (url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c = client();
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) || runs < 3 {
+                gc(&c, &url, false);
+                runs += 1;
+            }
+            runs
+        })
+    };
+
+    let mut pushers = Vec::new();
+    for p in 0..4 {
+        let (url, acked, shared) = (url.clone(), acked.clone(), shared_layer.clone());
+        pushers.push(std::thread::spawn(move || {
+            let c = client();
+            let repo = format!("stress/p{p}");
+            let mut retried = 0;
+            for i in 0..12 {
+                let tag = format!("t{i}");
+                loop {
+                    let config = format!(r#"{{"p":{p},"i":{i},"r":{}}}"#, rand::random::<u64>()).into_bytes();
+                    let layer = random_bytes(2000 + i * 100);
+                    let cd = push_blob(&c, &url, &repo, &config);
+                    let ld = push_blob(&c, &url, &repo, &layer);
+                    let sd = push_blob(&c, &url, &repo, &shared);
+                    // Garbage: a blob no manifest will use.
+                    push_blob(&c, &url, &repo, &random_bytes(3000));
+                    let m = manifest_for(&cd, config.len(), &[(ld.clone(), layer.len()), (sd.clone(), shared.len())]);
+                    let (status, body) = put_manifest(&c, &url, &repo, &tag, &m, OCI_MANIFEST);
+                    if status == 201 {
+                        acked.lock().unwrap().push(Acked { repo: repo.clone(), tag: tag.clone(), manifest: m, blobs: vec![cd, ld, sd] });
+                        break;
+                    }
+                    assert!(is_blob_unknown(status, &body), "unexpected answer {status}: {body}");
+                    retried += 1;
+                }
+                // Now and then delete an image, making its blobs garbage.
+                if i % 4 == 3 {
+                    let victim = format!("t{}", i - 1);
+                    let d = {
+                        let mut all = acked.lock().unwrap();
+                        let pos = all.iter().position(|a| a.repo == repo && a.tag == victim).unwrap();
+                        sha256(&all.remove(pos).manifest)
+                    };
+                    let r = c.delete(format!("{url}/v2/{repo}/manifests/{d}")).send().unwrap();
+                    assert_eq!(r.status(), 202);
+                }
+            }
+            retried
+        }));
+    }
+    // Clients that HEAD a blob, pause, then PUT a manifest needing it: the
+    // answer is 201 with the blob really there, or MANIFEST_BLOB_UNKNOWN.
+    for p in 0..2 {
+        let (url, acked) = (url.clone(), acked.clone());
+        pushers.push(std::thread::spawn(move || {
+            let c = client();
+            let repo = format!("stress/pause{p}");
+            let mut refused = 0;
+            for i in 0..8 {
+                let config = format!(r#"{{"pause":{p},"i":{i}}}"#).into_bytes();
+                let layer = random_bytes(4000);
+                let cd = push_blob(&c, &url, &repo, &config);
+                let ld = push_blob(&c, &url, &repo, &layer);
+                for d in [&cd, &ld] {
+                    let r = c.head(format!("{url}/v2/{repo}/blobs/{d}")).send().unwrap();
+                    assert!(r.status() == 200 || r.status() == 404);
+                }
+                std::thread::sleep(Duration::from_millis(50 + 40 * i as u64));
+                let m = manifest_for(&cd, config.len(), &[(ld.clone(), layer.len())]);
+                let tag = format!("t{i}");
+                let (status, body) = put_manifest(&c, &url, &repo, &tag, &m, OCI_MANIFEST);
+                if status == 201 {
+                    acked.lock().unwrap().push(Acked { repo: repo.clone(), tag, manifest: m, blobs: vec![cd, ld] });
+                } else {
+                    assert!(is_blob_unknown(status, &body), "unexpected answer {status}: {body}");
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    let mut retried = 0;
+    for p in pushers {
+        retried += p.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let runs = collector.join().unwrap();
+    eprintln!("{runs} collections ran; {retried} pushes were refused with MANIFEST_BLOB_UNKNOWN and retried or counted");
+
+    // Every acknowledged manifest is pullable and every blob verifies.
+    let c = client();
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    let check = |acked: &[Acked]| {
+        for a in acked {
+            let r = c.get(format!("{url}/v2/{}/manifests/{}", a.repo, a.tag)).header("Accept", OCI_MANIFEST).send().unwrap();
+            assert_eq!(r.status(), 200, "{}:{}", a.repo, a.tag);
+            assert_eq!(r.bytes().unwrap().as_ref(), &a.manifest[..]);
+            for d in &a.blobs {
+                let r = c.get(format!("{url}/v2/{}/blobs/{d}", a.repo)).send().unwrap();
+                assert_eq!(r.status(), 200, "{} {d}", a.repo);
+                assert_eq!(&sha256(&r.bytes().unwrap()), d);
+            }
+        }
+    };
+    check(&acked);
+
+    // One more collection: the bytes it reports are the bytes gone from
+    // disk, and what remains is exactly what acknowledged manifests use.
+    let (before, _) = blobs_on_disk(&s.data_dir);
+    let report = gc(&c, &url, false);
+    let (after, remaining) = blobs_on_disk(&s.data_dir);
+    assert_eq!(before - after, report["bytes_freed"].as_u64().unwrap());
+    for d in list(&report, "blobs_deleted") {
+        assert!(!remaining.contains(&d), "{d} deleted but still on disk");
+    }
+    let used: BTreeSet<String> = acked.iter().flat_map(|a| a.blobs.iter().cloned()).collect();
+    assert_eq!(remaining, used);
+    check(&acked);
+    // Nothing left to collect.
+    let again = gc(&c, &url, false);
+    assert_eq!(again["bytes_freed"], 0);
+}
+
+fn berth(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args).env_remove("BERTH_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "berth {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn dry_run_predicts_the_real_run_on_a_stopped_directory_and_through_the_server() {
+    let env = [("BERTH_GC_GRACE_SECS", "0"), ("BERTH_GC_INTERVAL_SECS", "0")];
+    let mut s = Server::start_with(&[], &env);
+    let c = client();
+    let mut keep = Vec::new();
+    for i in 0..3 {
+        let (m, _) = common::push_image(&c, &s.url, &format!("dry/a{i}"), "v1");
+        keep.push((format!("dry/a{i}"), m));
+        let (_, d) = common::push_image(&c, &s.url, &format!("dry/a{i}"), "old");
+        assert_eq!(c.delete(format!("{}/v2/dry/a{i}/manifests/{d}", s.url)).send().unwrap().status(), 202);
+        push_blob(&c, &s.url, &format!("dry/a{i}"), &random_bytes(777));
+    }
+    // Through the running server's admin API, with the CLI.
+    let dry = berth(&["gc", "--dry-run", "--url", &s.url], &[]);
+    let dry: Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(list(&dry, "blobs_deleted").len(), 9);
+    let again: Value = serde_json::from_str(&berth(&["gc", "--dry-run", "--url", &s.url], &[])).unwrap();
+    assert_eq!(plan_of(&dry), plan_of(&again), "a dry run changes nothing");
+
+    // On the stopped data directory.
+    s.terminate();
+    let dir = s.data_dir.to_str().unwrap().to_string();
+    let dry_cli: Value = serde_json::from_str(&berth(&["gc", "--dry-run", "--data-dir", &dir], &env)).unwrap();
+    assert_eq!(plan_of(&dry), plan_of(&dry_cli));
+    let (before, _) = blobs_on_disk(&s.data_dir);
+    let real: Value = serde_json::from_str(&berth(&["gc", "--data-dir", &dir], &env)).unwrap();
+    let (after, _) = blobs_on_disk(&s.data_dir);
+    assert_eq!(plan_of(&dry), plan_of(&real));
+    assert_eq!(before - after, real["bytes_freed"].as_u64().unwrap());
+    let usage: Value = serde_json::from_str(&berth(&["usage", "--data-dir", &dir], &env)).unwrap();
+    assert_eq!(usage["repositories"].as_array().unwrap().len(), 3);
+
+    // What was kept still pulls.
+    let s = Server::start_in(&s.data_dir, &[], &env);
+    for (repo, m) in keep {
+        let r = c.get(format!("{}/v2/{repo}/manifests/v1", s.url)).header("Accept", OCI_MANIFEST).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().unwrap().as_ref(), &m[..]);
+    }
+}
+
+#[test]
+fn untagged_manifests_go_but_index_children_and_referrers_of_kept_subjects_stay() {
+    let s = Server::start_with(&[], &[("BERTH_GC_GRACE_SECS", "0"), ("BERTH_GC_INTERVAL_SECS", "0"), ("BERTH_GC_UNTAGGED_AFTER_SECS", "1")]);
+    let c = client();
+    let repo = "untagged/app";
+    let url = &s.url;
+    let image = |extra: &str, subject: Option<&str>| -> (String, String) {
+        let config = format!(r#"{{"x":"{extra}"}}"#).into_bytes();
+        let layer = random_bytes(1500);
+        let cd = push_blob(&c, url, repo, &config);
+        let ld = push_blob(&c, url, repo, &layer);
+        let mut m: Value = serde_json::from_slice(&manifest_for(&cd, config.len(), &[(ld.clone(), layer.len())])).unwrap();
+        if let Some(s) = subject {
+            m["subject"] = json!({"mediaType": OCI_MANIFEST, "digest": s, "size": 1});
+        }
+        let body = m.to_string().into_bytes();
+        let d = sha256(&body);
+        assert_eq!(put_manifest(&c, url, repo, &d, &body, OCI_MANIFEST).0, 201);
+        (d, ld)
+    };
+    let (amd, amd_layer) = image("amd64", None);
+    let (arm, _) = image("arm64", None);
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": amd, "size": 1}, {"mediaType": OCI_MANIFEST, "digest": arm, "size": 1}]})
+    .to_string()
+    .into_bytes();
+    assert_eq!(put_manifest(&c, url, repo, "multi", &index, OCI_INDEX).0, 201);
+    let (sig_kept, _) = image("sig of index", Some(&sha256(&index)));
+    let (loose, loose_layer) = image("untagged", None);
+    let (sig_gone, _) = image("sig of untagged", Some(&loose));
+    std::thread::sleep(Duration::from_millis(2100));
+    let report = gc(&c, url, false);
+    let mut expected = vec![format!("{repo}@{loose}"), format!("{repo}@{sig_gone}")];
+    expected.sort();
+    assert_eq!(list(&report, "manifests_deleted"), expected);
+    for d in [&amd, &arm, &sig_kept] {
+        assert_eq!(c.get(format!("{url}/v2/{repo}/manifests/{d}")).send().unwrap().status(), 200);
+    }
+    for d in [&loose, &sig_gone] {
+        assert_eq!(c.get(format!("{url}/v2/{repo}/manifests/{d}")).send().unwrap().status(), 404);
+    }
+    assert_eq!(c.get(format!("{url}/v2/{repo}/blobs/{amd_layer}")).send().unwrap().status(), 200);
+    assert_eq!(c.get(format!("{url}/v2/{repo}/blobs/{loose_layer}")).send().unwrap().status(), 404);
+    assert!(list(&report, "blobs_deleted").contains(&loose_layer));
+
+    // Deleting a subject through the API takes its referrers along.
+    let (subject, _) = image("subject", None);
+    let (referrer, _) = image("its sbom", Some(&subject));
+    assert_eq!(c.delete(format!("{url}/v2/{repo}/manifests/{subject}")).send().unwrap().status(), 202);
+    assert_eq!(c.get(format!("{url}/v2/{repo}/manifests/{referrer}")).send().unwrap().status(), 404);
+}
+
+fn skopeo_push(layout: &Path, tag: &str, dest: &str) -> std::process::Output {
+    clients_support::output(
+        Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{dest}")),
+    )
+}
+
+#[test]
+fn retention_keeps_newest_and_matching_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        tmp.path(),
+        r#"
+[gc]
+interval_secs = 0
+grace_secs = 0
+
+[[registry.retention]]
+repositories = ["ci/**"]
+keep_last = 2
+keep_tags = ["release-.*"]
+"#,
+    );
+    let c = client();
+    let url = &s.url;
+    let mut digests = Vec::new();
+    for tag in ["v1", "release-1", "v2", "v3", "v4"] {
+        let (_, d) = common::push_image(&c, url, "ci/app", tag);
+        digests.push((tag, d));
+        // Push times are in seconds: one per second orders them.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    common::push_image(&c, url, "other/app", "v1");
+    if common::have("skopeo") && common::have("python3") {
+        let layout = tmp.path().join("layout");
+        clients_support::make_oci_layout(&layout, &json!({"images": [{"tag": "v5", "arch": "amd64", "layers": [20000]}]}));
+        let out = skopeo_push(&layout, "v5", &format!("{}/ci/app:v5", s.addr));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        common::require("skopeo");
+        common::push_image(&c, url, "ci/app", "v5");
+    }
+    let dry = gc(&c, url, true);
+    assert_eq!(list(&dry, "tags_deleted"), vec!["ci/app:v1", "ci/app:v2", "ci/app:v3"]);
+    let real = gc(&c, url, false);
+    assert_eq!(plan_of(&dry), plan_of(&real));
+    assert_eq!(list(&real, "manifests_deleted").len(), 3);
+    assert!(real["bytes_freed"].as_u64().unwrap() > 0);
+    let tags: Value = c.get(format!("{url}/v2/ci/app/tags/list")).send().unwrap().json().unwrap();
+    assert_eq!(tags["tags"], json!(["release-1", "v4", "v5"]));
+    let tags: Value = c.get(format!("{url}/v2/other/app/tags/list")).send().unwrap().json().unwrap();
+    assert_eq!(tags["tags"], json!(["v1"]));
+    for (tag, d) in digests {
+        let status = c.get(format!("{url}/v2/ci/app/manifests/{d}")).send().unwrap().status();
+        assert_eq!(status, if ["v1", "v2", "v3"].contains(&tag) { 404 } else { 200 }, "{tag}");
+    }
+}
+
+#[test]
+fn immutable_tags_cannot_move_or_be_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        tmp.path(),
+        r#"
+[[registry.immutable_tags]]
+repositories = ["prod/**"]
+tags = ["v\\d+(\\.\\d+)*"]
+"#,
+    );
+    let c = client();
+    let url = &s.url;
+    let (m1, d1) = common::push_image(&c, url, "prod/app", "v1.0");
+    // The same manifest again is fine; another one is refused.
+    assert_eq!(put_manifest(&c, url, "prod/app", "v1.0", &m1, OCI_MANIFEST).0, 201);
+    let (m2, d2) = common::push_image(&c, url, "prod/app", "latest");
+    let (status, body) = put_manifest(&c, url, "prod/app", "v1.0", &m2, OCI_MANIFEST);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("DENIED") && body.contains("immutable"), "{body}");
+    // Mutable tags still move.
+    let (m3, _) = common::push_image(&c, url, "prod/app", "latest");
+    assert_ne!(m2, m3);
+    let r = c.delete(format!("{url}/v2/prod/app/manifests/v1.0")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c.delete(format!("{url}/v2/prod/app/manifests/{d1}")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c.get(format!("{url}/v2/prod/app/manifests/v1.0")).header("Accept", OCI_MANIFEST).send().unwrap();
+    assert_eq!(r.bytes().unwrap().as_ref(), &m1[..]);
+    // Outside the pattern, no rule applies.
+    common::push_image(&c, url, "dev/app", "v1.0");
+    common::push_image(&c, url, "dev/app", "v1.0");
+    let _ = d2;
+
+    if common::require("skopeo") && common::require("python3") {
+        let layout = tmp.path().join("layout");
+        clients_support::make_oci_layout(&layout, &json!({"images": [{"tag": "v2", "arch": "amd64", "layers": [1000]}, {"tag": "other", "arch": "arm64", "layers": [1000]}]}));
+        let out = skopeo_push(&layout, "v2", &format!("{}/prod/app:v2", s.addr));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = skopeo_push(&layout, "other", &format!("{}/prod/app:v2", s.addr));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("denied") || err.contains("DENIED"), "{err}");
+    }
+}
+
+#[test]
+fn quotas_refuse_pushes_before_data_is_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        tmp.path(),
+        r#"
+[[registry.quotas]]
+repositories = "team/**"
+max_bytes = 10000
+"#,
+    );
+    let c = client();
+    let url = &s.url;
+    let first = random_bytes(6000);
+    let d1 = push_blob(&c, url, "team/a", &first);
+    // Monolithic upload over the limit.
+    let second = random_bytes(6000);
+    let d2 = sha256(&second);
+    let r = c.post(format!("{url}/v2/team/b/blobs/uploads/?digest={d2}")).body(second.clone()).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().unwrap();
+    assert!(body.contains("DENIED") && body.contains("6000") && body.contains("10000"), "{body}");
+    // Chunked upload over the limit: refused at commit.
+    let r = c.post(format!("{url}/v2/team/b/blobs/uploads/")).send().unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let r = c.patch(format!("{url}{location}")).body(second.clone()).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c.put(format!("{url}{location}?digest={d2}")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    // Nothing of it was kept.
+    let (_, on_disk) = blobs_on_disk(&s.data_dir);
+    assert!(!on_disk.contains(&d2));
+    assert!(std::fs::read_dir(s.data_dir.join("uploads")).unwrap().next().is_none());
+    assert_eq!(c.head(format!("{url}/v2/team/b/blobs/{d2}")).send().unwrap().status(), 404);
+    // A blob already counted costs nothing more, by mount or upload.
+    let r = c.post(format!("{url}/v2/team/b/blobs/uploads/?mount={d1}&from=team/a")).send().unwrap();
+    assert_eq!(r.status(), 201);
+    push_blob(&c, url, "team/c", &first);
+    // Outside the pattern, no limit.
+    push_blob(&c, url, "solo/x", &second);
+    // Usage, over the API and the CLI.
+    let usage: Value = c.get(format!("{url}/admin/usage")).send().unwrap().json().unwrap();
+    assert_eq!(usage["quotas"][0]["used_bytes"], 6000);
+    assert_eq!(usage["quotas"][0]["max_bytes"], 10000);
+    let cli: Value = serde_json::from_str(&berth(&["usage", "--url", url], &[])).unwrap();
+    assert_eq!(cli, usage);
+    let names: HashSet<&str> = usage["repositories"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(names.contains("team/a") && names.contains("solo/x"));
+}
