@@ -249,20 +249,35 @@ pub(crate) fn search(c: &Connection, q: &SearchQuery, allow: &RepoFilter) -> rus
         let n = args.len();
         sql.push_str(&format!(" AND (instr(s.name, ?{n}) > 0 OR instr(lower(s.tags), ?{n}) > 0)"));
     }
-    let mut stmt = c.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut matched: Vec<(u8, String, i64)> = Vec::new();
-    while let Some(r) = rows.next()? {
-        let id: i64 = r.get(0)?;
-        if filter.as_ref().is_some_and(|f| !f.contains(&id)) {
-            continue;
+    match &filter {
+        // Filters alone: look the few repositories up instead of scanning.
+        Some(ids) if q.terms.is_empty() => {
+            let mut stmt = c.prepare_cached("SELECT name FROM search_repos WHERE repo_id = ?1")?;
+            for id in ids {
+                if let Some(name) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? {
+                    if allow(&name) {
+                        matched.push((0, name, *id));
+                    }
+                }
+            }
         }
-        let name: String = r.get(1)?;
-        if !allow(&name) {
-            continue;
+        _ => {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                if filter.as_ref().is_some_and(|f| !f.contains(&id)) {
+                    continue;
+                }
+                let name: String = r.get(1)?;
+                if !allow(&name) {
+                    continue;
+                }
+                let rank = rank(&name, || r.get::<_, String>(2).unwrap_or_default(), &main);
+                matched.push((rank, name, id));
+            }
         }
-        let rank = rank(&name, || r.get::<_, String>(2).unwrap_or_default(), &main);
-        matched.push((rank, name, id));
     }
     let total = matched.len();
     let end = q.offset.saturating_add(q.limit).min(total);
