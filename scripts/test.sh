@@ -25,7 +25,7 @@ else
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --release --no-fail-fast "$@"
+    cargo nextest run --workspace --no-fail-fast "$@"
 else
-    cargo test --workspace --release --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@"
 fi
