@@ -328,8 +328,12 @@ impl MetadataStore for SqliteMetadata {
             )
             .map_err(backend)?;
             tx.execute(
-                "INSERT INTO repo_blobs(repo_id, digest, created_at, last_seen) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT(repo_id, digest) DO UPDATE SET last_seen = excluded.last_seen",
+                "INSERT OR IGNORE INTO repo_blobs(repo_id, digest, created_at, last_seen) VALUES (?1, ?2, ?3, ?3)",
+                params![id, digest, now],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "UPDATE repo_blobs SET last_seen = ?3 WHERE repo_id = ?1 AND digest = ?2 AND last_seen < ?3",
                 params![id, digest, now],
             )
             .map_err(backend)?;
@@ -418,10 +422,9 @@ impl MetadataStore for SqliteMetadata {
             }
             // Same digest means same bytes: re-pushing only refreshes last_seen.
             tx.execute(
-                "INSERT INTO manifests(repo_id, digest, media_type, artifact_type, subject,
+                "INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, artifact_type, subject,
                     annotations, size, body, created_at, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
-                 ON CONFLICT(repo_id, digest) DO UPDATE SET last_seen = excluded.last_seen",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
                 params![
                     id,
                     digest,
@@ -435,6 +438,9 @@ impl MetadataStore for SqliteMetadata {
                 ],
             )
             .map_err(backend)?;
+            // A plain UPDATE (not an upsert), so search triggers keep their own conflict handling.
+            tx.execute("UPDATE manifests SET last_seen = ?3 WHERE repo_id = ?1 AND digest = ?2 AND last_seen < ?3", params![id, digest, now])
+                .map_err(backend)?;
             crate::search::put_fields(tx, id, &digest, &record.search, encrypted).map_err(backend)?;
             let refs = record.blobs.iter().map(|d| (d, 0)).chain(record.children.iter().map(|d| (d, 1)));
             for (target, kind) in refs {
