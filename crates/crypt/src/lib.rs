@@ -12,8 +12,7 @@
 //! - Uploads (appended piecewise): records `len u32 LE | sealed piece`,
 //!   numbered in order; re-chunked into the blob format at commit.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io;
@@ -52,11 +51,11 @@ impl MasterKey {
         hex_string(&self.id)
     }
 
-    fn file_cipher(&self, salt: &[u8; 16]) -> Aes256Gcm {
+    fn file_cipher(&self, salt: &[u8; 16]) -> LessSafeKey {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("any key length");
         mac.update(b"berth file key");
         mac.update(salt);
-        Aes256Gcm::new_from_slice(&mac.finalize().into_bytes()).expect("32-byte key")
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &mac.finalize().into_bytes()).expect("32-byte key"))
     }
 }
 
@@ -114,8 +113,10 @@ pub fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
+/// AES-256-GCM under one file's key. Nonces are unique per file because they
+/// are derived from chunk or record numbers, never reused for other content.
 pub struct FileCipher {
-    aead: Aes256Gcm,
+    aead: LessSafeKey,
     pub key_id: [u8; 8],
 }
 
@@ -127,18 +128,25 @@ fn nonce(index: u64, last: bool) -> [u8; 12] {
 }
 
 impl FileCipher {
+    /// Returns ciphertext followed by its 16-byte tag.
     pub fn seal(&self, index: u64, last: bool, plaintext: &[u8]) -> Vec<u8> {
-        let n = nonce(index, last);
+        let mut out = Vec::with_capacity(plaintext.len() + TAG as usize);
+        out.extend_from_slice(plaintext);
         self.aead
-            .encrypt(Nonce::from_slice(&n), Payload { msg: plaintext, aad: MAGIC })
-            .expect("encryption cannot fail for in-memory buffers")
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce(index, last)), Aad::from(MAGIC), &mut out)
+            .expect("sealing an in-memory buffer cannot fail");
+        out
     }
 
     pub fn open(&self, index: u64, last: bool, sealed: &[u8]) -> io::Result<Vec<u8>> {
-        let n = nonce(index, last);
-        self.aead
-            .decrypt(Nonce::from_slice(&n), Payload { msg: sealed, aad: MAGIC })
-            .map_err(|_| invalid("stored data failed authentication (corrupt, truncated or wrong key)"))
+        let mut buf = sealed.to_vec();
+        let len = self
+            .aead
+            .open_in_place(Nonce::assume_unique_for_key(nonce(index, last)), Aad::from(MAGIC), &mut buf)
+            .map_err(|_| invalid("stored data failed authentication (corrupt, truncated or wrong key)"))?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 }
 
