@@ -451,12 +451,21 @@ impl MetadataStore for SqliteMetadata {
                 .map_err(backend)?;
             }
             if let Some(tag) = tag {
-                tx.execute(
-                    "INSERT INTO tags(repo_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(repo_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-                    params![id, tag, digest, now],
-                )
-                .map_err(backend)?;
+                // UPDATE, then INSERT: an upsert would override the search
+                // triggers' own conflict handling and fail on a moved tag.
+                let moved = tx
+                    .execute(
+                        "UPDATE tags SET digest = ?3, updated_at = ?4 WHERE repo_id = ?1 AND name = ?2",
+                        params![id, tag, digest, now],
+                    )
+                    .map_err(backend)?;
+                if moved == 0 {
+                    tx.execute(
+                        "INSERT INTO tags(repo_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, tag, digest, now],
+                    )
+                    .map_err(backend)?;
+                }
             }
             Ok(())
         })
@@ -1035,6 +1044,26 @@ mod tests {
         assert_eq!(db.list_tags(&repo("a/b"), None, 10).await.unwrap(), Some(vec![]));
         assert!(db.delete_manifest(&repo("a/b"), &referrer.digest).await.unwrap());
         assert!(db.list_repositories(None, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn moving_a_tag_to_another_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteMetadata::open(dir.path().join("m.db")).unwrap();
+        let blob = Digest::sha256_of(b"layer");
+        db.link_blob(&repo("a/b"), &blob, 5).await.unwrap();
+        let tag = Tag::parse("latest").unwrap();
+        let first = record(b"first", vec![blob.clone()], None);
+        let second = record(b"second", vec![blob.clone()], None);
+        db.put_manifest(&repo("a/b"), first.clone(), Some(&tag)).await.unwrap();
+        // The tag moves in one transaction, with the search index refreshed.
+        db.put_manifest(&repo("a/b"), second.clone(), Some(&tag)).await.unwrap();
+        let got = db.get_manifest(&repo("a/b"), &Reference::Tag(tag.clone())).await.unwrap().unwrap();
+        assert_eq!(got.digest, second.digest);
+        db.put_manifest(&repo("a/b"), first.clone(), Some(&tag)).await.unwrap();
+        let got = db.get_manifest(&repo("a/b"), &Reference::Tag(tag)).await.unwrap().unwrap();
+        assert_eq!(got.digest, first.digest);
+        assert_eq!(db.list_tags(&repo("a/b"), None, 10).await.unwrap(), Some(vec!["latest".to_string()]));
     }
 
     #[tokio::test]
