@@ -17,6 +17,7 @@ pub struct Config {
     pub tls: crate::tls::TlsConfig,
     pub encryption: crate::encryption::EncryptionConfig,
     pub backup: crate::backup::BackupConfig,
+    pub signatures: SignaturesSection,
     pub log: LogConfig,
 }
 
@@ -98,6 +99,47 @@ impl Default for GcSection {
     }
 }
 
+/// `[signatures]`: trusted keys and certificate stores, and per-repository
+/// verification policies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignaturesSection {
+    /// name = PEM public key file (ECDSA P-256/P-384, Ed25519, RSA).
+    pub keys: std::collections::BTreeMap<String, PathBuf>,
+    /// name = PEM CA bundle (Notary Project signatures).
+    pub trust_stores: std::collections::BTreeMap<String, PathBuf>,
+    pub cache_entries: usize,
+    pub policies: Vec<SignaturePolicyRule>,
+}
+
+impl Default for SignaturesSection {
+    fn default() -> Self {
+        SignaturesSection {
+            keys: Default::default(),
+            trust_stores: Default::default(),
+            cache_entries: 10_000,
+            policies: Vec::new(),
+        }
+    }
+}
+
+/// `[[signatures.policies]]`: how matching repositories treat unsigned content.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignaturePolicyRule {
+    pub repositories: Vec<String>,
+    /// enforce, warn or off.
+    pub verify: String,
+    /// Names from signatures.keys (empty: every key).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Names from signatures.trust_stores (empty: every store).
+    #[serde(default)]
+    pub trust_stores: Vec<String>,
+    #[serde(default)]
+    pub require_signed_tags: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -116,6 +158,7 @@ impl Default for Config {
             tls: crate::tls::TlsConfig::default(),
             encryption: crate::encryption::EncryptionConfig::default(),
             backup: crate::backup::BackupConfig::default(),
+            signatures: SignaturesSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -210,6 +253,10 @@ const DOCS: &[(&str, &str, &str)] = &[
     ("backup", "keep_weekly", "Keep the newest snapshot of each of the last N ISO weeks that have one."),
     ("backup", "keep_monthly", "Keep the newest snapshot of each of the last N months that have one."),
     ("backup", "prune", "After forgetting snapshots, delete backup data no remaining snapshot needs."),
+    ("signatures", "keys", "Trusted public keys for cosign signatures and sigstore bundles: name = \"PEM file\" (ECDSA P-256/P-384, Ed25519, RSA; `berth keys generate` makes a pair). Example:\n# [signatures.keys]\n# release = \"/etc/berth/keys/release.pub\""),
+    ("signatures", "trust_stores", "CA certificate bundles for Notary Project (notation) signatures: name = \"PEM file\". Example:\n# [signatures.trust_stores]\n# acme = \"/etc/berth/notation/acme-ca.pem\""),
+    ("signatures", "cache_entries", "Most signature verdicts kept in memory (keyed by manifest, trusted set and signature digests, so never stale)."),
+    ("signatures", "policies", "Verification by repository glob; the first match applies. verify: enforce (403 DENIED for manifests without a valid signature), warn (serve, log a warning) or off. Example:\n# [[signatures.policies]]\n# repositories = [\"prod/**\"]\n# verify = \"enforce\"\n# keys = [\"release\"]              # default: every key\n# trust_stores = [\"acme\"]         # default: every store\n# require_signed_tags = false      # true: tags may only point at signed content"),
     ("log", "level", "Log filter: error, warn, info, debug, trace, or a tracing directive list."),
     ("log", "format", "Log format: text or json."),
 ];
@@ -247,6 +294,7 @@ impl Config {
             bail!("registry.max_manifest_bytes: must be at least 1024");
         }
         self.policies()?;
+        self.signature_settings()?;
         self.tls.validate()?;
         self.backup.validate()?;
         if self.storage.data_dir.as_os_str().is_empty() {
@@ -292,6 +340,64 @@ impl Config {
             quotas: self.registry.quotas.iter().map(|q| Quota { repositories: q.repositories.clone(), max_bytes: q.max_bytes }).collect(),
             retention,
         })
+    }
+
+    /// Signature policies with keys and trust stores read from their files.
+    pub fn signature_settings(&self) -> anyhow::Result<berth_registry::SignatureSettings> {
+        use berth_registry::{SignaturePolicy, SignatureSettings, VerifyMode};
+        use berth_sign::{PublicKey, Trust, TrustStore};
+        use std::sync::Arc;
+        let section = &self.signatures;
+        let mut keys = Vec::new();
+        for (name, path) in &section.keys {
+            let text = std::fs::read(path).with_context(|| format!("signatures.keys.{name}: reading {}", path.display()))?;
+            let key = PublicKey::from_pem(name, &text)
+                .map_err(|e| anyhow!("signatures.keys.{name}: {}: {e}", path.display()))?;
+            keys.push(key);
+        }
+        let mut stores = Vec::new();
+        for (name, path) in &section.trust_stores {
+            let text = std::fs::read(path).with_context(|| format!("signatures.trust_stores.{name}: reading {}", path.display()))?;
+            let store = TrustStore::from_pem(name, &text)
+                .map_err(|e| anyhow!("signatures.trust_stores.{name}: {}: {e}", path.display()))?;
+            stores.push(store);
+        }
+        let mut policies = Vec::new();
+        for rule in &section.policies {
+            let mode = match rule.verify.as_str() {
+                "enforce" => VerifyMode::Enforce,
+                "warn" => VerifyMode::Warn,
+                "off" => VerifyMode::Off,
+                other => bail!("signatures.policies.verify: must be \"enforce\", \"warn\" or \"off\", not {other:?}"),
+            };
+            for name in &rule.keys {
+                if !section.keys.contains_key(name) {
+                    bail!("signatures.policies.keys: {name:?} is not a key under [signatures.keys]");
+                }
+            }
+            for name in &rule.trust_stores {
+                if !section.trust_stores.contains_key(name) {
+                    bail!("signatures.policies.trust_stores: {name:?} is not a store under [signatures.trust_stores]");
+                }
+            }
+            if rule.repositories.is_empty() {
+                bail!("signatures.policies.repositories: name at least one repository glob");
+            }
+            let trust = Trust {
+                keys: keys.iter().filter(|k| rule.keys.is_empty() || rule.keys.contains(&k.name)).cloned().collect(),
+                stores: stores.iter().filter(|s| rule.trust_stores.is_empty() || rule.trust_stores.contains(&s.name)).cloned().collect(),
+            };
+            if mode == VerifyMode::Enforce && trust.keys.is_empty() && trust.stores.is_empty() {
+                bail!("signatures.policies: verify = \"enforce\" for {:?} but no key or trust store is configured", rule.repositories);
+            }
+            policies.push(SignaturePolicy {
+                repositories: rule.repositories.clone(),
+                mode,
+                trust: Arc::new(trust),
+                require_signed_tags: rule.require_signed_tags,
+            });
+        }
+        Ok(SignatureSettings { policies, all: Arc::new(Trust { keys, stores }), cache_entries: section.cache_entries })
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

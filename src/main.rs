@@ -4,7 +4,9 @@ mod backup;
 mod admin;
 mod config;
 mod encryption;
+mod remote;
 mod server;
+mod signing;
 mod tls;
 
 use anyhow::Context;
@@ -73,6 +75,43 @@ enum Command {
     Tls {
         #[command(subcommand)]
         command: TlsCommand,
+    },
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Sign an image (cosign format, stored under the sha256-<hex>.sig tag).
+    /// The key's password comes from a prompt, or the first line of
+    /// standard input when it is not a terminal.
+    Sign {
+        /// HOST[:PORT]/REPOSITORY:TAG or HOST[:PORT]/REPOSITORY@sha256:…
+        image: String,
+        /// Private key (from `berth keys generate` or `cosign generate-key-pair`).
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        remote: signing::Remote,
+    },
+    /// Verify an image's cosign signatures (and sigstore bundles) with a
+    /// public key; exit code 0 when one verifies, 1 otherwise.
+    Verify {
+        image: String,
+        /// PEM public key.
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        remote: signing::Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write an ECDSA P-256 key pair: PREFIX.key (encrypted with a password
+    /// from a prompt or standard input, cosign's format) and PREFIX.pub.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -151,6 +190,13 @@ fn main() -> std::process::ExitCode {
             println!("{}", encryption::new_key());
             Ok(())
         }
+        Command::Keys { command: KeysCommand::Generate { out } } => signing::generate(&out),
+        Command::Sign { image, key, remote } => signing::sign(&image, &key, &remote),
+        Command::Verify { image, key, remote } => match signing::verify(&image, &key, &remote) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Tls { command: TlsCommand::SelfSigned { hosts, out, days } } => tls::self_signed(&hosts, &out, days)
             .map(|()| {
                 println!("wrote {0}/ca.crt, {0}/ca.key, {0}/server.crt, {0}/server.key", out.display());

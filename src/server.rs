@@ -58,7 +58,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_page: config.registry.max_page_size,
         },
     )
-    .with_policies(config.policies()?));
+    .with_policies(config.policies()?)
+    .with_signatures(config.signature_settings()?));
 
     let metrics: Option<MetricsRender> = if config.server.metrics {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()

@@ -57,7 +57,7 @@ pub fn classify(err: &ApiError) -> (StatusCode, ErrorCode, String) {
             R::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
             R::SizeInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid),
             R::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
-            R::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            R::Denied(_) | R::SignatureRequired(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             R::Storage(_) | R::Metadata(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
         },
     };

@@ -391,7 +391,7 @@ async fn tags(state: &ApiState, repo: &RepoName, query: &Query) -> Result<Respon
 }
 
 async fn get_manifest(state: &ApiState, repo: &RepoName, reference: &Reference, head: bool) -> Result<Response<Body>> {
-    let m = state.registry.get_manifest(repo, reference).await?;
+    let m = state.registry.pull_manifest(repo, reference).await?;
     if !head {
         state.registry.record_pull(repo, &m.digest);
     }

@@ -474,6 +474,17 @@ fn manifest_page(v: &ManifestView) -> String {
         }
         body.push_str("</tbody></table>");
     }
+    if let Some(sig) = &v.signatures {
+        let status = serde_json::to_value(sig).unwrap_or_default();
+        let signer = status["signer"].as_str().map(|s| format!(" by {}", esc(s))).unwrap_or_default();
+        let _ = write!(
+            body,
+            "<h2>Signatures</h2><p>{}{signer} <span class=\"muted\">(policy: {}, {} signature(s) checked)</span></p>",
+            esc(status["status"].as_str().unwrap_or("")),
+            sig.policy.as_str(),
+            sig.status.signatures.len()
+        );
+    }
     body.push_str("<h2>Referrers</h2>");
     if v.referrers.is_empty() {
         body.push_str("<p class=\"muted\">No signatures, SBOMs or other artifacts refer to this manifest.</p>");

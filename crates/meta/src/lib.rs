@@ -241,6 +241,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn list_repositories(&self, last: Option<&str>, n: usize) -> Result<Vec<String>>;
     /// Manifests in `repo` whose `subject` is `digest`.
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Referrer>>;
+    /// Indexes in `repo` that list `digest` as a child manifest.
+    async fn parents(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Digest>>;
 
     async fn create_upload(&self, id: &str, repo: &RepoName, now: i64) -> Result<()>;
     async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>>;

@@ -690,6 +690,19 @@ impl MetadataStore for SqliteMetadata {
         .await
     }
 
+    async fn parents(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Digest>> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT mr.manifest FROM manifest_refs mr JOIN repositories r ON r.id = mr.repo_id
+                 WHERE r.name = ?1 AND mr.target = ?2 AND mr.kind = 1 ORDER BY mr.manifest LIMIT 64",
+            )?;
+            let rows = stmt.query_map(params![repo, digest], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().filter_map(|d| d.parse().ok()).collect())
+        })
+        .await
+    }
+
     async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<String>> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.read(move |c| {

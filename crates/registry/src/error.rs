@@ -39,6 +39,10 @@ pub enum RegistryError {
     /// Refused by policy: an immutable tag, a quota.
     #[error("{0}")]
     Denied(String),
+    /// The repository's signature policy refuses this content: the message
+    /// says why (unsigned, untrusted key, payload names another digest).
+    #[error("signature policy: {0}")]
+    SignatureRequired(String),
     #[error("storage failure: {0}")]
     Storage(#[from] std::io::Error),
     #[error("metadata failure: {0}")]

@@ -13,11 +13,13 @@ mod error;
 pub mod gc;
 pub mod policy;
 pub mod search;
+pub mod signatures;
 mod upload;
 
 pub use error::{RegistryError, Result};
 pub use gc::{GcReport, UsageReport};
 pub use policy::Policies;
+pub use signatures::{SignaturePolicy, SignatureSettings, VerifyMode};
 pub use upload::UploadStatus;
 
 use berth_meta::{ManifestRecord, MetadataStore, Referrer, StoredManifest};
@@ -70,6 +72,10 @@ pub struct Registry {
     gc_lock: tokio::sync::Mutex<()>,
     /// Manifest pulls counted since the last write.
     pulls: search::PullCounter,
+    /// Signature policies and trusted keys.
+    signatures: SignatureSettings,
+    /// Signature verdicts, bounded.
+    sig_cache: signatures::SharedCache,
 }
 
 /// Number of digest lock stripes.
@@ -127,6 +133,8 @@ impl Registry {
             quota_lock: tokio::sync::Mutex::new(()),
             gc_lock: tokio::sync::Mutex::new(()),
             pulls: Default::default(),
+            signatures: SignatureSettings::default(),
+            sig_cache: Default::default(),
         }
     }
 
@@ -287,6 +295,9 @@ impl Registry {
             }
             Reference::Tag(tag) => (Digest::of(Algorithm::Sha256, &body), Some(tag)),
         };
+        if tag.is_some() {
+            self.check_signed_tag(repo, &digest, &body).await?;
+        }
         if let Some(tag) = tag {
             if self.policies.is_immutable(repo.as_str(), tag.as_str()) {
                 if let Some(existing) = self.meta.get_manifest(repo, &Reference::Tag(tag.clone())).await? {

@@ -128,6 +128,8 @@ pub struct ManifestView {
     pub created: Option<String>,
     pub history: Vec<HistoryEntry>,
     pub referrers: Vec<ReferrerView>,
+    /// Signatures found for this manifest and their verification.
+    pub signatures: Option<crate::signatures::SignatureReport>,
     pub subject: Option<String>,
     pub pulls: u64,
     pub last_pull: Option<i64>,
@@ -284,6 +286,7 @@ impl Registry {
             created,
             history,
             referrers: self.referrers(repo, &stored.digest, None).await?.into_iter().map(Into::into).collect(),
+            signatures: self.signature_report(repo, &stored.digest, &stored.body).await.ok(),
             subject: parsed.subject.as_ref().map(|s| s.digest.to_string()),
             pulls,
             last_pull,
