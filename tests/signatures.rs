@@ -600,3 +600,89 @@ fn skopeo_and_docker_pull_only_signed_images() {
     assert!(String::from_utf8_lossy(&refused.stderr).to_lowercase().contains("denied"), "{}", String::from_utf8_lossy(&refused.stderr));
     eprintln!("docker part: ran");
 }
+
+// ---- indexes, deletion with the subject ------------------------------------------
+
+fn push_index(c: &reqwest::blocking::Client, url: &str, repo: &str, tag: &str, children: &[(Vec<u8>, String)]) -> String {
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": children.iter().enumerate().map(|(i, (m, d))| json!({
+            "mediaType": OCI_MANIFEST, "digest": d, "size": m.len(),
+            "platform": {"os": "linux", "architecture": (["amd64", "arm64"][i % 2])}
+        })).collect::<Vec<_>>()
+    })
+    .to_string();
+    let r = c
+        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    sha256(index.as_bytes())
+}
+
+fn children(c: &reqwest::blocking::Client, url: &str, repo: &str) -> Vec<(Vec<u8>, String)> {
+    (0..2)
+        .map(|_| {
+            let (m, d) = image_bytes(c, url, repo);
+            let r = c.put(format!("{url}/v2/{repo}/manifests/{d}")).header("Content-Type", OCI_MANIFEST).body(m.clone()).send().unwrap();
+            assert_eq!(r.status(), 201);
+            (m, d)
+        })
+        .collect()
+}
+
+#[test]
+fn indexes_and_deletion_with_the_subject() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = generate_key(tmp.path(), "release", "pw");
+    let (partner, partner_pub) = sigstore_key(tmp.path(), "partner");
+    let toml = format!(
+        "[signatures.keys]\nrelease = {public:?}\npartner = {partner_pub:?}\n[[signatures.policies]]\nrepositories = [\"prod/**\"]\nverify = \"enforce\"\n"
+    );
+    let s = Server::start_config(tmp.path(), &toml);
+    let (url, c) = (&s.url, client());
+    let accept_all = |repo: &str, reference: &str| {
+        c.get(format!("{url}/v2/{repo}/manifests/{reference}"))
+            .header("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    // A signed index: it and the platform manifests it lists are served.
+    let kids = children(&c, url, "prod/multi");
+    let index = push_index(&c, url, "prod/multi", "v1", &kids);
+    assert_eq!(accept_all("prod/multi", "v1"), 403);
+    assert_eq!(accept_all("prod/multi", &kids[0].1), 403);
+    assert!(sign_with_berth(&s, "prod/multi:v1", &key, "pw").status.success());
+    assert_eq!(accept_all("prod/multi", "v1"), 200);
+    assert_eq!(accept_all("prod/multi", &index), 200);
+    for (_, d) in &kids {
+        assert_eq!(accept_all("prod/multi", d), 200, "platform manifest of a signed index");
+    }
+
+    // An unsigned index whose every platform manifest is signed is served;
+    // with one unsigned platform it is not.
+    let kids = children(&c, url, "prod/each");
+    push_index(&c, url, "prod/each", "v1", &kids);
+    assert!(sign_with_berth(&s, &format!("prod/each@{}", kids[0].1), &key, "pw").status.success());
+    assert_eq!(accept_all("prod/each", "v1"), 403);
+    assert!(sign_with_berth(&s, &format!("prod/each@{}", kids[1].1), &key, "pw").status.success());
+    assert_eq!(accept_all("prod/each", "v1"), 200);
+
+    // Deleting an image deletes its signatures: the cosign tag and referrers.
+    let (m, d) = push_image(&c, url, "prod/gone", "v1");
+    assert!(sign_with_berth(&s, "prod/gone:v1", &key, "pw").status.success());
+    assert_eq!(push_referrer(url, "prod/gone", &m, BUNDLE, BUNDLE, &dsse_bundle(&partner, &d)), 201);
+    let refs: Value = c.get(format!("{url}/v2/prod/gone/referrers/{d}")).send().unwrap().json().unwrap();
+    let bundle = refs["manifests"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(pull(url, "prod/gone", &cosign_tag(&d)).0, 200);
+    let r = c.delete(format!("{url}/v2/prod/gone/manifests/{d}")).send().unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(pull(url, "prod/gone", &cosign_tag(&d)).0, 404);
+    assert_eq!(pull(url, "prod/gone", &bundle).0, 404);
+}

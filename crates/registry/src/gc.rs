@@ -227,7 +227,14 @@ impl Registry {
                     exempt_before: now,
                     follow_subject: gc.delete_referrers_with_subject,
                 };
-                self.meta.delete_untagged(&name, deletion).await?
+                let mut deleted = self.meta.delete_untagged(&name, deletion).await?;
+                if gc.delete_referrers_with_subject {
+                    // cosign's signatures hang off a tag, not a subject field.
+                    for d in deleted.clone() {
+                        deleted.extend(self.delete_cosign_signatures(&name, &d).await?);
+                    }
+                }
+                deleted
             };
             report.manifests_deleted.extend(deleted.iter().map(|d| format!("{repo}@{d}")));
         }

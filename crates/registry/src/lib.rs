@@ -342,6 +342,7 @@ impl Registry {
                 let deleted = self.meta.delete_manifest(repo, d).await?;
                 if deleted && self.policies.gc.delete_referrers_with_subject {
                     self.delete_referrers_of(repo, d).await?;
+                    self.delete_cosign_signatures(repo, d).await?;
                 }
                 deleted
             }

@@ -316,6 +316,20 @@ impl Registry {
         }
     }
 
+    /// Deletes the cosign signatures of `subject` (the manifest its
+    /// `sha256-<hex>.sig` tag points at, when that is a signature), as
+    /// referrers are deleted with their subject. Returns what was deleted.
+    pub(crate) async fn delete_cosign_signatures(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>> {
+        let Some(tag) = berth_sign::cosign::signature_tag(&subject.to_string()).and_then(|t| Tag::parse(&t)) else {
+            return Ok(Vec::new());
+        };
+        let Some(m) = self.meta.get_manifest(repo, &Reference::Tag(tag.clone())).await? else { return Ok(Vec::new()) };
+        if !berth_sign::is_signature_artifact(&m.body) || self.policies.is_immutable(repo.as_str(), tag.as_str()) {
+            return Ok(Vec::new());
+        }
+        Ok(if self.meta.delete_manifest(repo, &m.digest).await? { vec![m.digest] } else { Vec::new() })
+    }
+
     /// Signature state of a manifest for the repository API.
     pub async fn signature_report(&self, repo: &RepoName, digest: &Digest, body: &[u8]) -> Result<SignatureReport> {
         let policy = self.signatures.policy_for(repo.as_str());
