@@ -76,12 +76,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// Plain HTTP when `insecure` or the host is a loopback address, TLS
-    /// otherwise (system roots, plus `ca_file`).
+    /// Plain HTTP when `insecure`, or for a loopback address unless a
+    /// `ca_file` is given; TLS otherwise (system roots, plus `ca_file`).
     pub fn new(host: &str, insecure: bool, ca_file: Option<&std::path::Path>, user: Option<(&str, &str)>) -> anyhow::Result<Client> {
         let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_matches(['[', ']']);
         let loopback = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        let tls = if insecure || loopback { None } else { Some(tls_config(ca_file)?) };
+        // A CA file asks for TLS even on loopback (a local server with a private CA).
+        let tls = if insecure || (loopback && ca_file.is_none()) { None } else { Some(tls_config(ca_file)?) };
         let basic = user.map(|(u, p)| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
         Ok(Client { host: host.to_string(), tls, basic, bearer: None })
     }

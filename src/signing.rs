@@ -22,7 +22,8 @@ pub struct Remote {
     /// Plain HTTP even for a non-loopback host.
     #[arg(long)]
     insecure: bool,
-    /// Extra CA certificate (PEM) to trust for HTTPS.
+    /// Extra CA certificate (PEM) to trust for HTTPS (also makes a loopback
+    /// host use HTTPS).
     #[arg(long)]
     ca_cert: Option<PathBuf>,
 }

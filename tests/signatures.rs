@@ -686,3 +686,67 @@ fn indexes_and_deletion_with_the_subject() {
     assert_eq!(pull(url, "prod/gone", &cosign_tag(&d)).0, 404);
     assert_eq!(pull(url, "prod/gone", &bundle).0, 404);
 }
+
+// ---- the CLI over TLS with credentials ------------------------------------------------
+
+#[test]
+fn sign_and_verify_over_tls_with_credentials() {
+    if !common::require("skopeo") || !common::require("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let o = berth(&["tls", "self-signed", "--host", "127.0.0.1", "--out", certs.to_str().unwrap()], "");
+    assert!(o.status.success(), "{}", text(&o));
+    let ca = certs.join("ca.crt");
+    let htpasswd = dir.path().join("htpasswd");
+    common::write_htpasswd(&htpasswd, &[("signer", "Sign-Pw-1")]);
+    let (key, public) = generate_key(dir.path(), "release", "key-pw");
+    let toml = format!(
+        "[auth]\nmode = \"token\"\nhtpasswd = {htpasswd:?}\n[[auth.rules]]\nrepositories = [\"**\"]\nactions = [\"admin\"]\nusers = [\"signer\"]\n\
+         [tls]\ncert = {:?}\nkey = {:?}\n\
+         [signatures.keys]\nrelease = {public:?}\n[[signatures.policies]]\nrepositories = [\"prod/**\"]\nverify = \"enforce\"\n",
+        certs.join("server.crt"),
+        certs.join("server.key"),
+    );
+    let s = Server::start_config(dir.path(), &toml);
+    assert!(s.url.starts_with("https://"));
+    let src = dir.path().join("src");
+    clients_support::make_oci_layout(&src, &json!({"images": [{"tag": "v1", "arch": "amd64", "layers": [1000]}]}));
+    let cert_dir = dir.path().join("cert-dir");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    std::fs::copy(&ca, cert_dir.join("ca.crt")).unwrap();
+    let image = format!("{}/prod/tls-app:v1", s.addr);
+    clients_support::run(
+        Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "--dest-creds", "signer:Sign-Pw-1", "--dest-cert-dir"])
+            .arg(&cert_dir)
+            .arg(format!("oci:{}:v1", src.display()))
+            .arg(format!("docker://{image}")),
+    );
+    let pull_ok = || {
+        clients_support::output(
+            Command::new("skopeo")
+                .args(["--insecure-policy", "inspect", "--raw", "--creds", "signer:Sign-Pw-1", "--cert-dir"])
+                .arg(&cert_dir)
+                .arg(format!("docker://{image}")),
+        )
+        .status
+        .success()
+    };
+    assert!(!pull_ok(), "unsigned content is refused");
+
+    let ca_s = ca.to_str().unwrap();
+    // Token authentication: the key's password, then the registry's, on stdin.
+    let out = berth(&["sign", &image, "--key", &key, "--ca-cert", ca_s, "--username", "signer", "--password-stdin"], "key-pw\nSign-Pw-1\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(pull_ok(), "signed content is served");
+    let out = berth(&["verify", &image, "--key", &public, "--ca-cert", ca_s, "--username", "signer", "--password-stdin"], "Sign-Pw-1\n");
+    assert!(out.status.success(), "{}", text(&out));
+    // Wrong registry password: a clean failure.
+    let out = berth(&["verify", &image, "--key", &public, "--ca-cert", ca_s, "--username", "signer", "--password-stdin"], "nope\n");
+    assert!(!out.status.success());
+    // Plain HTTP to a TLS-only server fails cleanly.
+    let out = berth(&["verify", &image.replace("127.0.0.1", "localhost"), "--key", &public, "--insecure"], "");
+    assert!(!out.status.success());
+}
