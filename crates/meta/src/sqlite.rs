@@ -900,6 +900,18 @@ impl MetadataStore for SqliteMetadata {
                         .collect::<rusqlite::Result<Vec<_>>>()
                         .map_err(backend)?;
                     let kept_parent = parents.iter().any(|p| !set.contains(p));
+                    // A manifest whose referrer stays (tagged, or kept because
+                    // referrers do not follow subjects) stays with it.
+                    let mut referrers = tx
+                        .prepare_cached("SELECT digest FROM manifests WHERE repo_id = ?1 AND subject = ?2")
+                        .map_err(backend)?;
+                    let kept_referrer = referrers
+                        .query_map(params![id, d], |r| r.get::<_, String>(0))
+                        .map_err(backend)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .map_err(backend)?
+                        .iter()
+                        .any(|r| !set.contains(r));
                     let kept_by_subject = match &subject {
                         None => fresh,
                         Some(_) if !plan.follow_subject => true,
@@ -912,7 +924,7 @@ impl MetadataStore for SqliteMetadata {
                             if present { !set.contains(s) } else { fresh }
                         }
                     };
-                    if tagged || kept_parent || kept_by_subject {
+                    if tagged || kept_parent || kept_referrer || kept_by_subject {
                         keep.push(d.clone());
                     }
                 }

@@ -127,7 +127,8 @@ pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
         let exempt: HashSet<&Digest> = was_tagged.difference(&tagged).copied().collect();
 
         // 2. Manifests: live ones are reachable from roots through index
-        // children and (when referrers follow their subject) referrers.
+        // children, subjects and (when referrers follow their subject)
+        // referrers.
         let present: HashSet<&Digest> = repo.manifests.iter().map(|m| &m.digest).collect();
         let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
         for m in &repo.manifests {
@@ -156,7 +157,13 @@ pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
         }
         while let Some(d) = queue.pop() {
             let Some(m) = by_digest.get(d) else { continue };
-            let next = m.children.iter().chain(referrers.get(d).into_iter().flatten().copied());
+            // Children, referrers (which follow their subject), and the
+            // subject itself: a kept referrer keeps what it refers to.
+            let next = m
+                .children
+                .iter()
+                .chain(referrers.get(d).into_iter().flatten().copied())
+                .chain(m.subject.iter());
             for n in next {
                 if present.contains(n) && live.insert(n) {
                     queue.push(n);
@@ -460,6 +467,54 @@ mod tests {
         // Nothing more to do.
         let again = r.collect_garbage(false).await.unwrap();
         assert!(again.blobs_deleted.is_empty() && again.manifests_deleted.is_empty());
+    }
+
+    #[tokio::test]
+    async fn kept_referrers_keep_their_subjects() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path(), Some(0)).await;
+        let repo = RepoName::parse("a/b").unwrap();
+        let mut ls = Vec::new();
+        for i in 0..5u8 {
+            ls.push(blob(&r, &repo, &[b'l', i]).await);
+        }
+        // A tagged referrer (a signature pushed under a tag) keeps its
+        // untagged subject, and the subject's other referrers follow it.
+        let subject = image(&r, &repo, &ls[0], None, None).await;
+        let tagged_sig = image(&r, &repo, &ls[1], Some(&subject), Some("sig")).await;
+        let sbom = image(&r, &repo, &ls[2], Some(&subject), None).await;
+        // Without a kept referrer, subject and referrer go together.
+        let lone = image(&r, &repo, &ls[3], None, None).await;
+        let lone_sig = image(&r, &repo, &ls[4], Some(&lone), None).await;
+        let dry = r.collect_garbage(true).await.unwrap();
+        let real = r.collect_garbage(false).await.unwrap();
+        let mut gone = vec![format!("a/b@{lone}"), format!("a/b@{lone_sig}")];
+        gone.sort();
+        assert_eq!(dry.manifests_deleted, gone);
+        assert_eq!(real.manifests_deleted, gone);
+        for d in [&subject, &tagged_sig, &sbom] {
+            r.get_manifest(&repo, &Reference::Digest(d.clone())).await.unwrap();
+        }
+
+        // Referrers that do not follow their subject are kept, and so is
+        // the subject they point at.
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(FsBlobStore::open(dir.path()).await.unwrap());
+        let meta = Arc::new(SqliteMetadata::open(dir.path().join("m.db")).unwrap());
+        let r = Registry::new(blobs, meta, Default::default()).with_policies(Policies {
+            gc: GcSettings { grace: Duration::ZERO, untagged_after: Some(Duration::ZERO), delete_referrers_with_subject: false },
+            ..Default::default()
+        });
+        let (l1, l2) = (blob(&r, &repo, b"one").await, blob(&r, &repo, b"two").await);
+        let subject = image(&r, &repo, &l1, None, None).await;
+        let sig = image(&r, &repo, &l1, Some(&subject), None).await;
+        let loose = image(&r, &repo, &l2, None, Some("gone")).await;
+        r.delete_manifest(&repo, &Reference::Tag(berth_oci::Tag::parse("gone").unwrap())).await.unwrap();
+        let report = r.collect_garbage(false).await.unwrap();
+        assert_eq!(report.manifests_deleted, vec![format!("a/b@{loose}")]);
+        for d in [&subject, &sig] {
+            r.get_manifest(&repo, &Reference::Digest(d.clone())).await.unwrap();
+        }
     }
 
     #[tokio::test]
