@@ -234,7 +234,7 @@ fn dechunk(mut s: &[u8]) -> Vec<u8> {
 
 /// `key="value"` pairs of a `WWW-Authenticate` challenge.
 fn challenge_params(challenge: &str) -> Vec<(String, String)> {
-    let rest = challenge.trim_start().splitn(2, ' ').nth(1).unwrap_or("");
+    let rest = challenge.trim_start().split_once(' ').map(|(_, r)| r).unwrap_or("");
     let mut out = Vec::new();
     let mut chars = rest.chars().peekable();
     loop {
