@@ -154,3 +154,83 @@ pub(crate) fn verify(layer: &Layer, bytes: &[u8], subject: Subject<'_>, trust: &
     }
     Outcome::Valid { signer: format!("{} (trust store {store})", chain[0].tbs_certificate().subject()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Format, Layer, JOSE_JSON};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SigningKey as _};
+    use serde_json::json;
+
+    fn ca_params(name: &str) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p
+    }
+
+    /// ECDSA DER signature to JWS r||s.
+    fn fixed(der: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 2;
+        for _ in 0..2 {
+            let len = der[i + 1] as usize;
+            let int = &der[i + 2..i + 2 + len];
+            let int = &int[int.len().saturating_sub(32)..];
+            out.extend(std::iter::repeat_n(0, 32 - int.len()));
+            out.extend_from_slice(int);
+            i += 2 + len;
+        }
+        out
+    }
+
+    fn envelope(key: &KeyPair, chain: &[&[u8]], digest: &str, size: u64) -> Vec<u8> {
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let p = url.encode(json!({"alg": "ES256", "cty": PAYLOAD_CONTENT_TYPE}).to_string());
+        let b = url.encode(json!({"targetArtifact": {"digest": digest, "size": size}}).to_string());
+        let sig = fixed(&key.sign(format!("{p}.{b}").as_bytes()).unwrap());
+        let x5c: Vec<String> = chain.iter().map(|c| base64::engine::general_purpose::STANDARD.encode(c)).collect();
+        json!({"protected": p, "payload": b, "signature": url.encode(sig), "header": {"x5c": x5c}}).to_string().into_bytes()
+    }
+
+    #[test]
+    fn chains_through_intermediates_and_checks_validity() {
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = ca_params("Root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let mid_key = KeyPair::generate().unwrap();
+        let mid = ca_params("Intermediate").signed_by(&mid_key, &Issuer::new(root_params.clone(), &root_key)).unwrap();
+        let mid_issuer = Issuer::new(ca_params("Intermediate"), &mid_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf_params.distinguished_name.push(DnType::CommonName, "signer");
+        let leaf = leaf_params.signed_by(&leaf_key, &mid_issuer).unwrap();
+        let mut old_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        old_params.distinguished_name.push(DnType::CommonName, "old signer");
+        old_params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        old_params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let old = old_params.signed_by(&leaf_key, &mid_issuer).unwrap();
+
+        let store = TrustStore::from_pem("corp", root.pem().as_bytes()).unwrap();
+        let trust = Trust { keys: vec![], stores: vec![store] };
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let subject = Subject { digest: &digest, size: 42, body: b"" };
+        let layer = Layer { media_type: JOSE_JSON.into(), digest: String::new(), size: 0, annotations: Default::default() };
+        let now = 1_800_000_000;
+        let check = |env: &[u8]| crate::verify_layer(Format::Notation, &layer, env, subject, &trust, now);
+
+        let good = envelope(&leaf_key, &[leaf.der(), mid.der()], &digest, 42);
+        assert!(matches!(check(&good), Outcome::Valid { signer } if signer.contains("signer") && signer.contains("corp")));
+        // Without the intermediate the chain is broken.
+        let broken = envelope(&leaf_key, &[leaf.der()], &digest, 42);
+        assert!(matches!(check(&broken), Outcome::Untrusted { .. }));
+        // An expired leaf.
+        let expired = envelope(&leaf_key, &[old.der(), mid.der()], &digest, 42);
+        assert!(matches!(check(&expired), Outcome::Untrusted { detail } if detail.contains("expired")));
+        // Size or digest of another manifest.
+        assert!(matches!(check(&envelope(&leaf_key, &[leaf.der(), mid.der()], &digest, 43)), Outcome::WrongSubject { .. }));
+        // Garbage certificates.
+        assert!(matches!(check(&envelope(&leaf_key, &[b"junk"], &digest, 42)), Outcome::Invalid { .. }));
+        assert!(TrustStore::from_pem("x", b"no pem here").is_err());
+    }
+}
