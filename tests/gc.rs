@@ -88,44 +88,91 @@ fn is_blob_unknown(status: u16, body: &str) -> bool {
     status == 400 && body.contains("MANIFEST_BLOB_UNKNOWN")
 }
 
+/// Every repository's tags and every manifest they reach pull, with every
+/// blob they reference (the registry as a whole, not only what one client
+/// remembers): no manifest points at nothing.
+fn check_whole_registry(c: &Client, url: &str) -> usize {
+    let accept = format!("{OCI_MANIFEST}, {OCI_INDEX}, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json");
+    let catalog: Value = c.get(format!("{url}/v2/_catalog?n=1000")).send().unwrap().json().unwrap();
+    let mut checked = 0;
+    for repo in catalog["repositories"].as_array().unwrap() {
+        let repo = repo.as_str().unwrap();
+        let tags: Value = c.get(format!("{url}/v2/{repo}/tags/list")).send().unwrap().json().unwrap();
+        let mut queue: Vec<String> = tags["tags"].as_array().into_iter().flatten().map(|t| t.as_str().unwrap().to_string()).collect();
+        while let Some(reference) = queue.pop() {
+            let r = c.get(format!("{url}/v2/{repo}/manifests/{reference}")).header("Accept", &accept).send().unwrap();
+            assert_eq!(r.status(), 200, "{repo}:{reference}");
+            let m: Value = r.json().unwrap();
+            for d in m["layers"].as_array().into_iter().flatten().chain(std::iter::once(&m["config"])) {
+                let Some(d) = d["digest"].as_str() else { continue };
+                let r = c.get(format!("{url}/v2/{repo}/blobs/{d}")).send().unwrap();
+                assert_eq!(r.status(), 200, "{repo}:{reference} needs {d}");
+                assert_eq!(sha256(&r.bytes().unwrap()), d);
+            }
+            for child in m["manifests"].as_array().into_iter().flatten() {
+                queue.push(child["digest"].as_str().unwrap().to_string());
+            }
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// Blob upload data left on disk (should be none once uploads finished).
+fn upload_files(data: &Path) -> usize {
+    std::fs::read_dir(data.join("uploads")).map(|d| d.count()).unwrap_or(0)
+}
+
 #[test]
 fn stress_pushes_while_collecting() {
-    let s = Server::start_with(&[], &[("BERTH_GC_GRACE_SECS", "0"), ("BERTH_GC_INTERVAL_SECS", "0")]);
+    // A grace period of two seconds: blobs no manifest uses are collected
+    // two seconds after their last push or HEAD, so the collections that run
+    // back to back really remove links and files while pushes go on.
+    const GRACE: u64 = 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_with(&[], &[("BERTH_GC_GRACE_SECS", "2"), ("BERTH_GC_INTERVAL_SECS", "0")]);
     let url = s.url.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
     let shared_layer = random_bytes(5000);
 
-    // Collections in a loop until the pushers are done.
+    // Collections in a loop until the pushers are done; they report what
+    // they removed.
     let collector = {
         let (url, stop) = (url.clone(), stop.clone());
         std::thread::spawn(move || {
             let c = client();
-            let mut runs = 0;
+            let (mut runs, mut links, mut blobs) = (0, 0, 0);
             while !stop.load(Ordering::Relaxed) || runs < 3 {
-                gc(&c, &url, false);
+                let report = gc(&c, &url, false);
+                links += list(&report, "links_removed").len();
+                blobs += list(&report, "blobs_deleted").len();
                 runs += 1;
             }
-            runs
+            (runs, links, blobs)
         })
     };
 
     let mut pushers = Vec::new();
-    for p in 0..4 {
+    // Raw HTTP pushers: images with a layer shared by all, a blob no manifest
+    // uses (garbage once the grace period passes), and deletes of earlier
+    // images (their blobs become garbage). A refused manifest is pushed
+    // again with its blobs, a bounded number of times.
+    for p in 0..3 {
         let (url, acked, shared) = (url.clone(), acked.clone(), shared_layer.clone());
         pushers.push(std::thread::spawn(move || {
             let c = client();
-            let repo = format!("stress/p{p}");
-            let mut retried = 0;
-            for i in 0..12 {
+            let repo = format!("stress/raw{p}");
+            let mut refused = 0;
+            for i in 0..8 {
                 let tag = format!("t{i}");
-                loop {
+                for attempt in 0.. {
+                    assert!(attempt < 5, "{repo}:{tag} refused {attempt} times");
                     let config = format!(r#"{{"p":{p},"i":{i},"r":{}}}"#, rand::random::<u64>()).into_bytes();
                     let layer = random_bytes(2000 + i * 100);
                     let cd = push_blob(&c, &url, &repo, &config);
                     let ld = push_blob(&c, &url, &repo, &layer);
                     let sd = push_blob(&c, &url, &repo, &shared);
-                    // Garbage: a blob no manifest will use.
                     push_blob(&c, &url, &repo, &random_bytes(3000));
                     let m = manifest_for(&cd, config.len(), &[(ld.clone(), layer.len()), (sd.clone(), shared.len())]);
                     let (status, body) = put_manifest(&c, &url, &repo, &tag, &m, OCI_MANIFEST);
@@ -134,10 +181,9 @@ fn stress_pushes_while_collecting() {
                         break;
                     }
                     assert!(is_blob_unknown(status, &body), "unexpected answer {status}: {body}");
-                    retried += 1;
+                    refused += 1;
                 }
-                // Now and then delete an image, making its blobs garbage.
-                if i % 4 == 3 {
+                if i % 3 == 2 {
                     let victim = format!("t{}", i - 1);
                     let d = {
                         let mut all = acked.lock().unwrap();
@@ -148,18 +194,19 @@ fn stress_pushes_while_collecting() {
                     assert_eq!(r.status(), 202);
                 }
             }
-            retried
+            refused
         }));
     }
-    // Clients that HEAD a blob, pause, then PUT a manifest needing it: the
-    // answer is 201 with the blob really there, or MANIFEST_BLOB_UNKNOWN.
+    // Clients that HEAD their blobs, pause (shorter and longer than the
+    // grace period), then PUT a manifest needing them: the answer is 201
+    // with the blobs really there, or MANIFEST_BLOB_UNKNOWN.
     for p in 0..2 {
         let (url, acked) = (url.clone(), acked.clone());
         pushers.push(std::thread::spawn(move || {
             let c = client();
             let repo = format!("stress/pause{p}");
             let mut refused = 0;
-            for i in 0..8 {
+            for (i, pause_ms) in [0u64, 400, 1200, 2500, GRACE * 1000 + 1300].into_iter().enumerate() {
                 let config = format!(r#"{{"pause":{p},"i":{i}}}"#).into_bytes();
                 let layer = random_bytes(4000);
                 let cd = push_blob(&c, &url, &repo, &config);
@@ -168,7 +215,7 @@ fn stress_pushes_while_collecting() {
                     let r = c.head(format!("{url}/v2/{repo}/blobs/{d}")).send().unwrap();
                     assert!(r.status() == 200 || r.status() == 404);
                 }
-                std::thread::sleep(Duration::from_millis(50 + 40 * i as u64));
+                std::thread::sleep(Duration::from_millis(pause_ms));
                 let m = manifest_for(&cd, config.len(), &[(ld.clone(), layer.len())]);
                 let tag = format!("t{i}");
                 let (status, body) = put_manifest(&c, &url, &repo, &tag, &m, OCI_MANIFEST);
@@ -182,18 +229,57 @@ fn stress_pushes_while_collecting() {
             refused
         }));
     }
-    let mut retried = 0;
+    // skopeo pushers: real client uploads (HEAD for existing blobs, chunked
+    // or monolithic uploads, then the manifest) racing the collections. A
+    // copy refused for a collected blob is retried, a bounded number of times.
+    let have_skopeo = common::require("skopeo") && common::require("python3");
+    if have_skopeo {
+        for p in 0..2 {
+            let layout = tmp.path().join(format!("layout{p}"));
+            let spec = json!({"images": (0..3).map(|i| json!({"tag": format!("s{i}"), "arch": "amd64", "layers": [3000 + i * 500, 2000]})).collect::<Vec<_>>()});
+            let desc = clients_support::make_oci_layout(&layout, &spec);
+            let (addr, acked) = (s.addr.clone(), acked.clone());
+            pushers.push(std::thread::spawn(move || {
+                let repo = format!("stress/skopeo{p}");
+                let mut refused = 0;
+                for i in 0..3 {
+                    let tag = format!("s{i}");
+                    for attempt in 0.. {
+                        assert!(attempt < 5, "skopeo push of {repo}:{tag} refused {attempt} times");
+                        let out = skopeo_push(&layout, &tag, &format!("{addr}/{repo}:{tag}"));
+                        if out.status.success() {
+                            break;
+                        }
+                        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+                        assert!(err.contains("blob unknown"), "skopeo failed otherwise: {err}");
+                        refused += 1;
+                    }
+                    let manifest = std::fs::read(layout.join("blobs/sha256").join(desc[&tag]["digest"].as_str().unwrap().trim_start_matches("sha256:"))).unwrap();
+                    let blobs = desc[&tag]["blobs"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()).collect();
+                    acked.lock().unwrap().push(Acked { repo: repo.clone(), tag, manifest, blobs });
+                }
+                refused
+            }));
+        }
+    }
+    let mut refused = 0;
     for p in pushers {
-        retried += p.join().unwrap();
+        refused += p.join().unwrap();
     }
     stop.store(true, Ordering::Relaxed);
-    let runs = collector.join().unwrap();
-    eprintln!("{runs} collections ran; {retried} pushes were refused with MANIFEST_BLOB_UNKNOWN and retried or counted");
+    let (runs, links, blobs) = collector.join().unwrap();
+    eprintln!("{runs} collections removed {links} links and {blobs} blobs; {refused} manifest pushes were refused with MANIFEST_BLOB_UNKNOWN");
+    // The collections really removed things while the pushes went on.
+    assert!(runs >= 3 && links > 0 && blobs > 0, "{runs} runs, {links} links, {blobs} blobs");
 
     // Every acknowledged manifest is pullable and every blob verifies.
     let c = client();
     let acked = acked.lock().unwrap().clone();
-    assert!(!acked.is_empty());
+    // Retried pushes all landed: 8 images per raw pusher, 2 of them deleted;
+    // 3 per skopeo pusher.
+    let count = |prefix: &str| acked.iter().filter(|a| a.repo.starts_with(prefix)).count();
+    assert_eq!(count("stress/raw"), 3 * 6);
+    assert_eq!(count("stress/skopeo"), if have_skopeo { 6 } else { 0 });
     let check = |acked: &[Acked]| {
         for a in acked {
             let r = c.get(format!("{url}/v2/{}/manifests/{}", a.repo, a.tag)).header("Accept", OCI_MANIFEST).send().unwrap();
@@ -207,19 +293,25 @@ fn stress_pushes_while_collecting() {
         }
     };
     check(&acked);
+    assert_eq!(check_whole_registry(&c, &url), acked.len());
 
-    // One more collection: the bytes it reports are the bytes gone from
-    // disk, and what remains is exactly what acknowledged manifests use.
-    let (before, _) = blobs_on_disk(&s.data_dir);
+    // Past the grace period, one more collection: the bytes it reports are
+    // the bytes gone from disk, and what remains is exactly what the
+    // acknowledged manifests use (and the manifests are rows, not files).
+    std::thread::sleep(Duration::from_secs(GRACE + 1));
+    let (before, files_before) = blobs_on_disk(&s.data_dir);
     let report = gc(&c, &url, false);
     let (after, remaining) = blobs_on_disk(&s.data_dir);
     assert_eq!(before - after, report["bytes_freed"].as_u64().unwrap());
+    assert_eq!(files_before.len() - remaining.len(), list(&report, "blobs_deleted").len() + list(&report, "orphan_files_deleted").len());
     for d in list(&report, "blobs_deleted") {
         assert!(!remaining.contains(&d), "{d} deleted but still on disk");
     }
     let used: BTreeSet<String> = acked.iter().flat_map(|a| a.blobs.iter().cloned()).collect();
     assert_eq!(remaining, used);
+    assert_eq!(upload_files(&s.data_dir), 0, "upload data left behind");
     check(&acked);
+    assert_eq!(check_whole_registry(&c, &url), acked.len());
     // Nothing left to collect.
     let again = gc(&c, &url, false);
     assert_eq!(again["bytes_freed"], 0);
