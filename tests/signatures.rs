@@ -239,6 +239,12 @@ fn cosign_signatures_enforced_with_interop_both_ways() {
     assert_eq!(view["signatures"]["policy"], "enforce");
     assert!(view["signatures"]["verified_at"].as_i64().unwrap() > 0);
     assert_eq!(view["signatures"]["signatures"][0]["format"], "cosign");
+    let repo: Value = c.get(format!("{url}/api/v1/repositories/prod/signed")).send().unwrap().json().unwrap();
+    let v1 = repo["tags"].as_array().unwrap().iter().find(|t| t["name"] == "v1").unwrap();
+    assert_eq!(v1["signatures"]["status"], "signed", "{repo}");
+    assert_eq!(v1["signatures"]["signer"], "release");
+    let sig_tag = repo["tags"].as_array().unwrap().iter().find(|t| t["name"] != "v1").unwrap();
+    assert!(sig_tag["signatures"].is_null(), "signature artifacts carry no status: {repo}");
     let view: Value = c.get(format!("{url}/api/v1/repositories/prod/moved/manifests/v1")).send().unwrap().json().unwrap();
     assert_eq!(view["signatures"]["status"], "wrong_subject", "{view}");
     let metrics = c.get(format!("{url}/metrics")).send().unwrap().text().unwrap();

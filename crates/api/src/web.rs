@@ -123,7 +123,22 @@ pub(crate) async fn handle(state: &ApiState, req: Incoming) -> Response<Body> {
                     let may_delete = state.registry.config().delete_enabled && state.auth.allowed(&who, repo.as_str(), Action::Delete);
                     Ok(html_response(StatusCode::OK, &repo_page(&info, &req.host, may_delete)))
                 }
-                Ok(info) => Ok(json_response(repo_json(&info).to_string())),
+                Ok(info) => {
+                    let mut body = repo_json(&info);
+                    let digests: Vec<_> = info.tags.iter().map(|t| t.digest.clone()).collect();
+                    if let Ok(reports) = state.registry.signature_reports(&repo, &digests).await {
+                        for (tag, t) in body["tags"].as_array_mut().into_iter().flatten().zip(&info.tags) {
+                            if let Some(r) = reports.get(&t.digest) {
+                                let v = serde_json::to_value(r).unwrap_or_default();
+                                tag["signatures"] = json!({
+                                    "policy": v["policy"], "status": v["status"], "signer": v["signer"],
+                                    "format": v["format"], "verified_at": v["verified_at"],
+                                });
+                            }
+                        }
+                    }
+                    Ok(json_response(body.to_string()))
+                }
             },
         },
         Web::ManifestJson(name, reference) | Web::ManifestPage(name, reference) => match repo_access(state, &who, name) {

@@ -102,6 +102,8 @@ pub(crate) struct VerdictCache {
 const CACHE_TTL_SECS: i64 = 3600;
 /// Signature referrers of one manifest that are examined at most.
 const MAX_REFERRERS: usize = 16;
+/// Manifests whose signatures a repository listing reports at most.
+const MAX_SUMMARIES: usize = 200;
 /// Parent indexes consulted for a platform manifest at most.
 const MAX_PARENTS: usize = 16;
 
@@ -328,6 +330,23 @@ impl Registry {
             return Ok(Vec::new());
         }
         Ok(if self.meta.delete_manifest(repo, &m.digest).await? { vec![m.digest] } else { Vec::new() })
+    }
+
+    /// Signature state of several manifests (the tags of a repository
+    /// page), at most [`MAX_SUMMARIES`]; signature artifacts are skipped.
+    pub async fn signature_reports(&self, repo: &RepoName, digests: &[Digest]) -> Result<HashMap<Digest, SignatureReport>> {
+        let mut out = HashMap::new();
+        for d in digests {
+            if out.len() >= MAX_SUMMARIES || out.contains_key(d) {
+                continue;
+            }
+            let Some(m) = self.meta.get_manifest(repo, &Reference::Digest(d.clone())).await? else { continue };
+            if berth_sign::is_signature_artifact(&m.body) {
+                continue;
+            }
+            out.insert(d.clone(), self.signature_report(repo, d, &m.body).await?);
+        }
+        Ok(out)
     }
 
     /// Signature state of a manifest for the repository API.
