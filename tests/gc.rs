@@ -506,10 +506,20 @@ tags = ["v\\d+(\\.\\d+)*"]
     // Mutable tags still move.
     let (m3, _) = common::push_image(&c, url, "prod/app", "latest");
     assert_ne!(m2, m3);
-    let r = c.delete(format!("{url}/v2/prod/app/manifests/v1.0")).send().unwrap();
-    assert_eq!(r.status(), 403);
-    let r = c.delete(format!("{url}/v2/prod/app/manifests/{d1}")).send().unwrap();
-    assert_eq!(r.status(), 403);
+    // Deleting the tag, or the manifest it points at, is refused with a
+    // message naming the tag.
+    for reference in ["v1.0".to_string(), d1.clone()] {
+        let r = c.delete(format!("{url}/v2/prod/app/manifests/{reference}")).send().unwrap();
+        assert_eq!(r.status(), 403);
+        let body: Value = r.json().unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("v1.0") && message.contains("immutable"), "{message}");
+    }
+    // Collection never removes it either, even untagged-manifest collection
+    // of the image it replaced.
+    let report = gc(&c, url, false);
+    assert!(list(&report, "manifests_deleted").iter().all(|m| !m.ends_with(&d1)));
     let r = c.get(format!("{url}/v2/prod/app/manifests/v1.0")).header("Accept", OCI_MANIFEST).send().unwrap();
     assert_eq!(r.bytes().unwrap().as_ref(), &m1[..]);
     // Outside the pattern, no rule applies.
@@ -538,6 +548,10 @@ fn quotas_refuse_pushes_before_data_is_committed() {
 [[registry.quotas]]
 repositories = "team/**"
 max_bytes = 10000
+
+[[registry.quotas]]
+repositories = "sk/**"
+max_bytes = 60000
 "#,
     );
     let c = client();
@@ -577,4 +591,238 @@ max_bytes = 10000
     assert_eq!(cli, usage);
     let names: HashSet<&str> = usage["repositories"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert!(names.contains("team/a") && names.contains("solo/x"));
+
+    // skopeo: the first image fits, the second would go over and is refused
+    // with the quota's message; none of its new blobs is kept.
+    if common::require("skopeo") && common::require("python3") {
+        let layout = tmp.path().join("layout");
+        let desc = clients_support::make_oci_layout(
+            &layout,
+            &json!({"images": [{"tag": "small", "arch": "amd64", "layers": [30000]}, {"tag": "big", "arch": "arm64", "layers": [40000]}]}),
+        );
+        let out = skopeo_push(&layout, "small", &format!("{}/sk/app:small", s.addr));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = skopeo_push(&layout, "big", &format!("{}/sk/app:big", s.addr));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("quota exceeded for sk/**"), "{err}");
+        let (_, on_disk) = blobs_on_disk(&s.data_dir);
+        let small: Vec<String> = list(&desc["small"], "blobs");
+        let layer_of_big = &list(&desc["big"], "blobs")[1];
+        assert!(small.iter().all(|d| on_disk.contains(d)));
+        assert!(!on_disk.contains(layer_of_big));
+        assert_eq!(c.get(format!("{url}/v2/sk/app/manifests/big")).send().unwrap().status(), 404);
+        let usage: Value = c.get(format!("{url}/admin/usage")).send().unwrap().json().unwrap();
+        let sk = usage["quotas"].as_array().unwrap().iter().find(|q| q["repositories"] == "sk/**").unwrap().clone();
+        let small_bytes: u64 = small.iter().map(|d| c.head(format!("{url}/v2/sk/app/blobs/{d}")).send().unwrap().headers()["content-length"].to_str().unwrap().parse::<u64>().unwrap()).sum();
+        assert_eq!(sk["used_bytes"], small_bytes);
+        assert_eq!(sk["max_bytes"], 60000);
+        let repo = usage["repositories"].as_array().unwrap().iter().find(|r| r["name"] == "sk/app").unwrap().clone();
+        assert_eq!(repo["bytes"], small_bytes);
+    }
+}
+
+#[test]
+fn retention_by_age_and_the_first_matching_policy() {
+    // Days are whole: `0` makes every tag old enough, `1` none of the tags
+    // pushed just now. Both sides of the age test, without a clock.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        tmp.path(),
+        r#"
+[gc]
+interval_secs = 0
+grace_secs = 0
+
+[[registry.retention]]
+repositories = ["ci/old/**"]
+delete_older_than_days = 0
+keep_tags = ["stable", "release-.*"]
+
+[[registry.retention]]
+repositories = ["ci/**"]
+delete_older_than_days = 1
+"#,
+    );
+    let c = client();
+    let url = &s.url;
+    let mut old = Vec::new();
+    for tag in ["a", "b", "stable", "release-2"] {
+        old.push((tag, common::push_image(&c, url, "ci/old/app", tag).1));
+    }
+    for tag in ["a", "b"] {
+        common::push_image(&c, url, "ci/new/app", tag);
+    }
+    let dry = gc(&c, url, true);
+    assert_eq!(list(&dry, "tags_deleted"), vec!["ci/old/app:a", "ci/old/app:b"]);
+    let real = gc(&c, url, false);
+    assert_eq!(plan_of(&dry), plan_of(&real));
+    let mut gone: Vec<String> = old[..2].iter().map(|(_, d)| format!("ci/old/app@{d}")).collect();
+    gone.sort();
+    assert_eq!(list(&real, "manifests_deleted"), gone);
+    // Each removed image had a config and a layer of its own.
+    assert_eq!(list(&real, "blobs_deleted").len(), 4);
+    let tags: Value = c.get(format!("{url}/v2/ci/old/app/tags/list")).send().unwrap().json().unwrap();
+    assert_eq!(tags["tags"], json!(["release-2", "stable"]));
+    // ci/new/app matched the second policy only: nothing is a day old.
+    let tags: Value = c.get(format!("{url}/v2/ci/new/app/tags/list")).send().unwrap().json().unwrap();
+    assert_eq!(tags["tags"], json!(["a", "b"]));
+    for (tag, d) in old {
+        let status = c.get(format!("{url}/v2/ci/old/app/manifests/{d}")).send().unwrap().status();
+        assert_eq!(status, if ["a", "b"].contains(&tag) { 404 } else { 200 }, "{tag}");
+    }
+}
+
+#[test]
+fn referrers_stay_with_their_subject_when_configured_not_to_follow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        tmp.path(),
+        r#"
+[gc]
+interval_secs = 0
+grace_secs = 0
+untagged_after_secs = 1
+delete_referrers_with_subject = false
+"#,
+    );
+    let c = client();
+    let url = &s.url;
+    let repo = "nofollow/app";
+    let image = |extra: &str, subject: Option<&str>| -> String {
+        let config = format!(r#"{{"x":"{extra}"}}"#).into_bytes();
+        let layer = random_bytes(1200);
+        let cd = push_blob(&c, url, repo, &config);
+        let ld = push_blob(&c, url, repo, &layer);
+        let mut m: Value = serde_json::from_slice(&manifest_for(&cd, config.len(), &[(ld, layer.len())])).unwrap();
+        if let Some(s) = subject {
+            m["subject"] = json!({"mediaType": OCI_MANIFEST, "digest": s, "size": 1});
+        }
+        let body = m.to_string().into_bytes();
+        let d = sha256(&body);
+        assert_eq!(put_manifest(&c, url, repo, &d, &body, OCI_MANIFEST).0, 201);
+        d
+    };
+    // An untagged image with a signature: the signature is kept (referrers
+    // do not follow), and it keeps its subject.
+    let subject = image("subject", None);
+    let sig = image("signature", Some(&subject));
+    let loose = image("loose", None);
+    // Deleting a subject through the API leaves its referrer.
+    let deleted = image("deleted subject", None);
+    let sbom = image("sbom", Some(&deleted));
+    assert_eq!(c.delete(format!("{url}/v2/{repo}/manifests/{deleted}")).send().unwrap().status(), 202);
+    std::thread::sleep(Duration::from_millis(2100));
+    let report = gc(&c, url, false);
+    assert_eq!(list(&report, "manifests_deleted"), vec![format!("{repo}@{loose}")]);
+    for d in [&subject, &sig, &sbom] {
+        assert_eq!(c.get(format!("{url}/v2/{repo}/manifests/{d}")).send().unwrap().status(), 200, "{d}");
+    }
+    let referrers: Value = c.get(format!("{url}/v2/{repo}/referrers/{subject}")).send().unwrap().json().unwrap();
+    assert_eq!(referrers["manifests"][0]["digest"], json!(sig));
+}
+
+#[test]
+fn expired_upload_sessions_are_removed_by_gc_on_a_stopped_directory() {
+    let mut s = Server::start_with(&[], &[("BERTH_GC_INTERVAL_SECS", "0")]);
+    let c = client();
+    let url = &s.url;
+    // An upload with data that is never finished.
+    let r = c.post(format!("{url}/v2/up/app/blobs/uploads/")).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let r = c.patch(format!("{url}{location}")).body(random_bytes(50_000)).send().unwrap();
+    assert_eq!(r.status(), 202);
+    common::push_image(&c, url, "up/app", "v1");
+    assert_eq!(upload_files(&s.data_dir), 1);
+    s.terminate();
+    // Older than a one-second TTL once two seconds have passed (times are
+    // whole seconds).
+    std::thread::sleep(Duration::from_millis(2100));
+    let dir = s.data_dir.to_str().unwrap().to_string();
+    let env = [("BERTH_REGISTRY_UPLOAD_TTL_SECS", "1"), ("BERTH_GC_GRACE_SECS", "0")];
+    let dry: Value = serde_json::from_str(&berth(&["gc", "--dry-run", "--data-dir", &dir], &env)).unwrap();
+    assert_eq!(dry["uploads_expired"], 1);
+    assert_eq!(upload_files(&s.data_dir), 1, "a dry run removes nothing");
+    let real: Value = serde_json::from_str(&berth(&["gc", "--data-dir", &dir], &env)).unwrap();
+    assert_eq!(real["uploads_expired"], 1);
+    assert_eq!(upload_files(&s.data_dir), 0);
+    // The image is untouched and the session is gone.
+    let s = Server::start_in(&s.data_dir, &[], &[("BERTH_GC_INTERVAL_SECS", "0")]);
+    let r = c.get(format!("{}/v2/up/app/manifests/v1", s.url)).header("Accept", OCI_MANIFEST).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{}{location}", s.url)).send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("BLOB_UPLOAD_UNKNOWN"));
+}
+
+#[test]
+fn gc_and_usage_through_the_admin_api_need_the_admin_action() {
+    let tmp = tempfile::tempdir().unwrap();
+    let htpasswd = tmp.path().join("htpasswd");
+    common::write_htpasswd(&htpasswd, &[("root", "root-pw"), ("dev", "dev-pw")]);
+    let s = Server::start_config(
+        tmp.path(),
+        &format!(
+            r#"
+[gc]
+interval_secs = 0
+grace_secs = 0
+
+[auth]
+mode = "basic"
+htpasswd = "{}"
+
+[[auth.rules]]
+repositories = ["**"]
+actions = ["admin"]
+users = ["root"]
+
+[[auth.rules]]
+repositories = ["**"]
+actions = ["pull", "push", "delete"]
+users = ["dev"]
+"#,
+            htpasswd.display()
+        ),
+    );
+    let c = client();
+    let url = &s.url;
+    let push = |repo: &str| {
+        let data = random_bytes(4321);
+        let d = sha256(&data);
+        let r = c.post(format!("{url}/v2/{repo}/blobs/uploads/?digest={d}")).basic_auth("dev", Some("dev-pw")).body(data).send().unwrap();
+        assert_eq!(r.status(), 201);
+        d
+    };
+    let garbage = push("auth/app");
+    // Anonymous: a challenge; a user without admin: 403 DENIED. Both with
+    // an OCI error body, and nothing collected.
+    let r = c.post(format!("{url}/admin/gc")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    assert!(r.text().unwrap().contains("UNAUTHORIZED"));
+    let r = c.post(format!("{url}/admin/gc")).basic_auth("dev", Some("dev-pw")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("DENIED"));
+    let r = c.get(format!("{url}/admin/usage")).basic_auth("dev", Some("dev-pw")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    // The CLI with the admin's credentials; without them it fails.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    let out = cmd.args(["gc", "--url", url]).env_remove("BERTH_CONFIG").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let admin = [("BERTH_PASSWORD", "root-pw")];
+    let dry: Value = serde_json::from_str(&berth(&["gc", "--dry-run", "--url", url, "--user", "root"], &admin)).unwrap();
+    assert_eq!(list(&dry, "blobs_deleted"), vec![garbage.clone()]);
+    let r = c.head(format!("{url}/v2/auth/app/blobs/{garbage}")).basic_auth("dev", Some("dev-pw")).send().unwrap();
+    assert_eq!(r.status(), 200, "a dry run removes nothing");
+    // The HEAD refreshed the blob; the grace period is zero, so a run in a
+    // later second collects it.
+    std::thread::sleep(Duration::from_millis(1100));
+    let real: Value = serde_json::from_str(&berth(&["gc", "--url", url, "--user", "root"], &admin)).unwrap();
+    assert_eq!(list(&real, "blobs_deleted"), vec![garbage.clone()]);
+    assert_eq!(real["bytes_freed"], 4321);
+    let usage: Value = serde_json::from_str(&berth(&["usage", "--url", url, "--user", "root"], &admin)).unwrap();
+    assert_eq!(usage["total_bytes"], 0);
 }
