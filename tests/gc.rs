@@ -826,3 +826,64 @@ users = ["dev"]
     let usage: Value = serde_json::from_str(&berth(&["usage", "--url", url, "--user", "root"], &admin)).unwrap();
     assert_eq!(usage["total_bytes"], 0);
 }
+
+#[test]
+fn platform_manifests_of_a_tagged_index_pushed_by_skopeo_stay() {
+    if !common::require("skopeo") || !common::require("python3") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_with(&[], &[("BERTH_GC_GRACE_SECS", "0"), ("BERTH_GC_INTERVAL_SECS", "0"), ("BERTH_GC_UNTAGGED_AFTER_SECS", "1")]);
+    let c = client();
+    let url = &s.url;
+    let layout = tmp.path().join("layout");
+    let desc = clients_support::make_oci_layout(
+        &layout,
+        &json!({"indexes": [{"tag": "multi", "archs": ["amd64", "arm64", "s390x"], "layers": [3000]}],
+                "images": [{"tag": "loose", "arch": "amd64", "layers": [2000]}]}),
+    );
+    let push = |tag: &str, dest: &str| {
+        clients_support::run(
+            Command::new("skopeo")
+                .args(["--insecure-policy", "copy", "--all", "--dest-tls-verify=false"])
+                .arg(format!("oci:{}:{tag}", layout.display()))
+                .arg(format!("docker://{}/{dest}", s.addr)),
+        );
+    };
+    push("multi", "multi/app:multi");
+    // An image pushed by digest only: untagged from the start.
+    let loose = desc["loose"]["digest"].as_str().unwrap().to_string();
+    push("loose", &format!("multi/app@{loose}"));
+    std::thread::sleep(Duration::from_millis(2100));
+    let report = gc(&c, url, false);
+    assert_eq!(list(&report, "manifests_deleted"), vec![format!("multi/app@{loose}")]);
+    let children = list(&desc["multi"], "manifests");
+    assert_eq!(children.len(), 3);
+    for d in &children {
+        assert_eq!(c.get(format!("{url}/v2/multi/app/manifests/{d}")).send().unwrap().status(), 200, "{d}");
+    }
+    for d in list(&desc["multi"], "blobs") {
+        assert_eq!(c.get(format!("{url}/v2/multi/app/blobs/{d}")).send().unwrap().status(), 200, "{d}");
+    }
+    for d in list(&desc["loose"], "blobs") {
+        assert!(list(&report, "blobs_deleted").contains(&d));
+    }
+    // skopeo pulls every platform back.
+    let out = tmp.path().join("pulled");
+    clients_support::run(
+        Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "--all", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/multi/app:multi", s.addr))
+            .arg(format!("oci:{}:multi", out.display())),
+    );
+    // Once the index's tag is deleted, the index and its platforms go.
+    let index = desc["multi"]["digest"].as_str().unwrap();
+    assert_eq!(c.delete(format!("{url}/v2/multi/app/manifests/multi")).send().unwrap().status(), 202);
+    std::thread::sleep(Duration::from_millis(2100));
+    let report = gc(&c, url, false);
+    let mut gone: Vec<String> = children.iter().chain(std::iter::once(&index.to_string())).map(|d| format!("multi/app@{d}")).collect();
+    gone.sort();
+    assert_eq!(list(&report, "manifests_deleted"), gone);
+    let (_, on_disk) = blobs_on_disk(&s.data_dir);
+    assert!(on_disk.is_empty(), "{on_disk:?}");
+}
