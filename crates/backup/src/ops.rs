@@ -79,7 +79,17 @@ pub fn create(repo: &Repository, source: &Source, rt: &Handle, time: Option<i64>
     for attempt in 1..=MAX_ATTEMPTS {
         let copy = repo.tmp_dir().join(format!("metadata-{:016x}.db", rand::random::<u64>()));
         let _cleanup = RemoveOnDrop(copy.clone());
-        msnap::snapshot_into(&source.metadata_path(), &copy).context("copying metadata")?;
+        let _pins = match Pins::take(&source.metadata_path(), &copy) {
+            Ok(pins) => pins,
+            Err(e) => {
+                // A read-only data directory, for instance: without pins a
+                // blob deleted during the backup makes it start over.
+                tracing::warn!(error = %format!("{e:#}"), "could not pin blobs against garbage collection; copying metadata without");
+                let _ = std::fs::remove_file(&copy);
+                msnap::snapshot_into(&source.metadata_path(), &copy).context("copying metadata")?;
+                None
+            }
+        };
         let view = SnapshotView::open(&copy)?;
         let blobs = view.blobs()?;
         let counts = view.counts()?;
@@ -145,6 +155,54 @@ pub fn create(repo: &Repository, source: &Source, rt: &Handle, time: Option<i64>
         return Ok(CreateReport { snapshot, blobs_reused: reused, attempts: attempt });
     }
     bail!("blobs kept disappearing during {MAX_ATTEMPTS} attempts (heavy deletion going on?); no snapshot written")
+}
+
+/// How long pins outlive the last sign of life of the backup holding them
+/// (a backup killed midway stops protecting its blobs after this).
+const PIN_LEASE_SECS: i64 = 600;
+
+/// Blobs of one attempt pinned in the live database against garbage
+/// collection; a thread renews the lease until this is dropped, which
+/// releases the pins.
+struct Pins {
+    db: PathBuf,
+    lease: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pins {
+    /// Copies the metadata into `copy` and pins its blobs; `None` (copy
+    /// made, nothing pinned) when the database predates pins.
+    fn take(db: &Path, copy: &Path) -> anyhow::Result<Option<Pins>> {
+        let lease = format!("{:016x}", rand::random::<u64>());
+        if !msnap::snapshot_pinned(db, copy, &lease, now_secs() + PIN_LEASE_SECS).context("copying metadata")? {
+            return Ok(None);
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (db2, lease2) = (db.to_path_buf(), lease.clone());
+        let renewer = std::thread::spawn(move || {
+            let every = std::time::Duration::from_secs((PIN_LEASE_SECS / 5) as u64);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                if let Err(e) = msnap::refresh_pins(&db2, &lease2, now_secs() + PIN_LEASE_SECS) {
+                    tracing::warn!(error = %e, "could not renew the backup's blob pins");
+                }
+            }
+        });
+        Ok(Some(Pins { db: db.to_path_buf(), lease, stop: Some(tx), renewer: Some(renewer) }))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.renewer.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = msnap::release_pins(&self.db, &self.lease) {
+            tracing::warn!(error = %e, "could not release the backup's blob pins; they expire on their own");
+        }
+    }
 }
 
 struct RemoveOnDrop(PathBuf);

@@ -26,18 +26,102 @@ fn open_read_only(path: &Path) -> Result<Connection> {
 /// not inherit: upload sessions (their bytes are not part of a snapshot)
 /// and blob rows no repository links (their files may be gone).
 pub fn snapshot_into(db: &Path, dest: &Path) -> Result<()> {
+    copy_into(db, dest)?;
+    trim(dest)
+}
+
+fn copy_into(db: &Path, dest: &Path) -> Result<()> {
     let src = open_read_only(db)?;
     let dest_str = dest.to_str().ok_or_else(|| backend("snapshot path is not UTF-8"))?;
     src.execute("VACUUM INTO ?1", [dest_str]).map_err(backend)?;
-    drop(src);
+    Ok(())
+}
+
+fn trim(dest: &Path) -> Result<()> {
     let copy = Connection::open(dest).map_err(backend)?;
     copy.execute_batch(
         "DELETE FROM uploads;
          DELETE FROM blobs WHERE digest NOT IN (SELECT digest FROM repo_blobs);",
     )
     .map_err(backend)?;
+    if has_pin_table(&copy)? {
+        copy.execute("DELETE FROM backup_pins", []).map_err(backend)?;
+    }
     copy.execute_batch("VACUUM").map_err(backend)?;
     Ok(())
+}
+
+fn has_pin_table(c: &Connection) -> Result<bool> {
+    let found: Option<i64> = c
+        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'backup_pins'", [], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    Ok(found.is_some())
+}
+
+fn open_writable(db: &Path) -> Result<Connection> {
+    if !db.exists() {
+        return Err(MetaError::Backend(format!("{} does not exist", db.display())));
+    }
+    let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(backend)?;
+    c.busy_timeout(std::time::Duration::from_secs(60)).map_err(backend)?;
+    Ok(c)
+}
+
+/// Like [`snapshot_into`], and pins every blob the copy holds in the live
+/// database under `lease` until `expires` (Unix seconds): garbage collection
+/// deletes no pinned blob row, and a blob file goes only after its row, so
+/// the files stay until [`release_pins`] or the lease expires.
+///
+/// The pins and the copy describe the same moment: the pins are inserted in
+/// a write transaction that stays open while the copy is read (readers are
+/// not blocked in WAL mode, and no other writer can commit in between), so
+/// every blob of the copy is pinned. Writers wait for the copy (the server's
+/// busy timeout covers it). Returns false, having made an unpinned copy,
+/// when the database predates pins.
+pub fn snapshot_pinned(db: &Path, dest: &Path, lease: &str, expires: i64) -> Result<bool> {
+    let mut c = open_writable(db)?;
+    if !has_pin_table(&c)? {
+        drop(c);
+        snapshot_into(db, dest)?;
+        return Ok(false);
+    }
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
+    tx.execute("DELETE FROM backup_pins WHERE expires <= ?1", [crate_now()]).map_err(backend)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO backup_pins(lease, digest, expires) SELECT DISTINCT ?1, digest, ?2 FROM repo_blobs",
+        params![lease, expires],
+    )
+    .map_err(backend)?;
+    // Another connection reads the last committed state, which nobody can
+    // change until this transaction ends.
+    copy_into(db, dest)?;
+    tx.commit().map_err(backend)?;
+    trim(dest)
+        .map(|_| true)
+}
+
+/// Extends the pins of `lease` until `expires`.
+pub fn refresh_pins(db: &Path, lease: &str, expires: i64) -> Result<()> {
+    let c = open_writable(db)?;
+    if has_pin_table(&c)? {
+        c.execute("UPDATE backup_pins SET expires = ?2 WHERE lease = ?1", params![lease, expires]).map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Drops the pins of `lease`.
+pub fn release_pins(db: &Path, lease: &str) -> Result<()> {
+    let c = open_writable(db)?;
+    if has_pin_table(&c)? {
+        c.execute("DELETE FROM backup_pins WHERE lease = ?1", [lease]).map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn crate_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Whether any repository of the (live) database at `db` still links `digest`.
@@ -226,5 +310,37 @@ mod tests {
         assert!(restored.get_upload("u1").await.unwrap().is_none());
         assert!(restored.any_blob(&orphan).await.unwrap().is_none());
         assert_eq!(restored.list_tags(&repo, None, 10).await.unwrap(), Some(vec!["v1".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn pinned_blobs_survive_collection_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.db");
+        let db = SqliteMetadata::open(&path).unwrap();
+        let repo = RepoName::parse("a").unwrap();
+        let kept = Digest::sha256_of(b"kept");
+        db.link_blob(&repo, &kept, 4).await.unwrap();
+        let copy = dir.path().join("copy.db");
+        assert!(snapshot_pinned(&path, &copy, "lease1", crate_now() + 600).unwrap());
+        assert_eq!(SnapshotView::open(&copy).unwrap().blobs().unwrap(), vec![(kept.clone(), 4)]);
+        // Deleted after the copy: collection keeps the pinned row (and so the file).
+        db.unlink_blob(&repo, &kept).await.unwrap();
+        assert_eq!(db.delete_blob_if_unused(&kept).await.unwrap(), None);
+        refresh_pins(&path, "lease1", crate_now() + 1200).unwrap();
+        assert_eq!(db.delete_blob_if_unused(&kept).await.unwrap(), None);
+        // A copy never carries pins into a restored registry.
+        let copy2 = dir.path().join("copy2.db");
+        snapshot_into(&path, &copy2).unwrap();
+        let c = Connection::open(&copy2).unwrap();
+        assert_eq!(c.query_row("SELECT COUNT(*) FROM backup_pins", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+        let c = Connection::open(&copy).unwrap();
+        assert_eq!(c.query_row("SELECT COUNT(*) FROM backup_pins", [], |r| r.get::<_, i64>(0)).unwrap(), 0);
+        release_pins(&path, "lease1").unwrap();
+        assert_eq!(db.delete_blob_if_unused(&kept).await.unwrap(), Some(4));
+        // An expired lease (a backup killed midway) pins nothing.
+        db.link_blob(&repo, &kept, 4).await.unwrap();
+        assert!(snapshot_pinned(&path, &dir.path().join("copy3.db"), "dead", crate_now() - 1).unwrap());
+        db.unlink_blob(&repo, &kept).await.unwrap();
+        assert_eq!(db.delete_blob_if_unused(&kept).await.unwrap(), Some(4));
     }
 }
