@@ -257,6 +257,8 @@ fn api_search(q: &str, page: usize, n: usize, found: &SearchPage) -> serde_json:
         "page_size": n.clamp(1, berth_registry::search::MAX_SEARCH_PAGE),
         "num_pages": pages(found.total, n),
         "num_results": found.total,
+        // False for broad searches: more than `num_results` repositories match.
+        "num_results_exact": !found.more,
         "results": found.hits.iter().map(|h| json!({
             "name": h.name,
             "description": h.description,
@@ -357,9 +359,10 @@ fn home_page(q: &str, found: &SearchPage) -> String {
     let mut body = format!(
         "<input id=\"q\" class=\"search\" type=\"search\" autocomplete=\"off\" autofocus placeholder=\"Search repositories, tags, labels…\" value=\"{}\">\
 <div class=\"hint\">Filters: <code>label:key=value</code>, <code>platform:linux/arm64</code></div><div id=\"results\">\
-<div class=\"muted\" id=\"count\">{} repositories</div>",
+<div class=\"muted\" id=\"count\">{}{} repositories</div>",
         esc(q),
-        found.total
+        found.total,
+        if found.more { "+" } else { "" }
     );
     for h in &found.hits {
         let _ = write!(

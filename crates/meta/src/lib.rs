@@ -90,7 +90,10 @@ pub struct SearchHit {
 /// A page of hits and how many there are in all (after authorization).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchPage {
+    /// Matches, counted up to a limit (`more` says there are more).
     pub total: usize,
+    /// More than `total` repositories match: the search is broad.
+    pub more: bool,
     pub hits: Vec<SearchHit>,
 }
 

@@ -142,6 +142,18 @@ CREATE TRIGGER search_manifests_del AFTER DELETE ON manifests BEGIN
     INSERT OR IGNORE INTO search_dirty(repo_id) VALUES (OLD.repo_id);
 END;
 INSERT INTO search_dirty(repo_id) SELECT id FROM repositories;
+"#,
+// Search at scale: the name suffixes that start at a path component (exact
+// and prefix matches of names are index lookups) and names in order.
+r#"
+CREATE TABLE search_suffixes (
+    suffix  TEXT NOT NULL,
+    repo_id INTEGER NOT NULL,
+    PRIMARY KEY (suffix, repo_id)
+) WITHOUT ROWID;
+CREATE INDEX search_suffixes_by_repo ON search_suffixes(repo_id);
+CREATE INDEX search_repos_by_name ON search_repos(name);
+INSERT OR IGNORE INTO search_dirty(repo_id) SELECT repo_id FROM search_repos;
 "#];
 
 const READERS: usize = 8;
