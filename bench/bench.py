@@ -529,6 +529,154 @@ def security_rows(args, root, P, big_path, big_digest):
     return rows
 
 
+def populate_for_gc(srv, n_repos, images_per_repo, drop_per_repo, workers=8):
+    """Fills `n_repos` repositories with `images_per_repo` tiny images each
+    (a config and a layer: two blobs per image) over raw HTTP, several
+    repositories at a time, then deletes `drop_per_repo` images of each by
+    digest so their blobs become garbage. Returns (blobs, blobs made garbage)."""
+    def one(i):
+        c = Client(srv.addr)
+        repo = f"gc/r{i:04d}"
+        digests = []
+        for j in range(images_per_repo):
+            layer = os.urandom(200)
+            config = json.dumps({"architecture": "amd64", "os": "linux", "n": f"{i}-{j}",
+                                 "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+            ld, cd = c.upload_blob(repo, layer), c.upload_blob(repo, config)
+            manifest = json.dumps({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": cd, "size": len(config)},
+                "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": ld, "size": len(layer)}],
+            }).encode()
+            c.put_manifest(repo, f"v{j}", manifest)
+            digests.append("sha256:" + sha256_hex(manifest))
+        for d in digests[:drop_per_repo]:
+            c.req("DELETE", f"/v2/{repo}/manifests/{d}", expect=(202,))
+        c.close()
+    with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+        list(ex.map(one, range(n_repos)))
+    return n_repos * images_per_repo * 2, n_repos * drop_per_repo * 2
+
+
+def run_measured(cmd, env=None):
+    """Runs `cmd`; returns (seconds, peak RSS of the process in MiB, stdout).
+    The peak comes from the kernel's accounting of the waited-for child."""
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            out = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.execvpe(cmd[0], cmd, {**os.environ, **(env or {})})
+        finally:
+            os._exit(127)
+    _, status, usage = os.wait4(pid, 0)
+    elapsed = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {os.waitstatus_to_exitcode(status)}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def blob_files(srv):
+    """Blob files in a server's data directory (Berth: blobs/sha256/xx/HEX;
+    distribution: docker/registry/v2/blobs/sha256/xx/HEX/data)."""
+    top = os.path.join(srv.data_dir, "blobs") if srv.name.startswith("berth") else \
+        os.path.join(srv.data_dir, "docker", "registry", "v2", "blobs")
+    n = 0
+    for _, _, files in os.walk(top):
+        n += len(files) if srv.name.startswith("berth") else files.count("data")
+    return n
+
+
+def gc_rows(args, root, P):
+    """Garbage collection: time and peak memory of a collection over a
+    registry of many small blobs in many repositories (Berth on its stopped
+    data directory, distribution's `garbage-collect` on its own, which needs
+    the registry stopped or read-only), and Berth's push throughput while
+    collections run back to back through the admin API, against none."""
+    import threading
+    rows = []
+    base = os.path.join(root, "gc")
+    os.makedirs(base)
+    n_repos, per_repo, drop = P["gc_repos"], 5, 2
+    berth_env = {"BERTH_GC_GRACE_SECS": "0", "BERTH_GC_INTERVAL_SECS": "0"}
+    berth = start_berth(args.berth, base, name="berth-gc", data=os.path.join(base, "berth-data"), env=berth_env)
+    dist = start_distribution(args.distribution, base)
+    servers = [berth, dist]
+    try:
+        counts = []
+        for s in servers:
+            t0 = time.perf_counter()
+            counts.append(populate_for_gc(s, n_repos, per_repo, drop))
+            log(f"{s.name}: {counts[-1][0]} blobs in {n_repos} repositories, {counts[-1][1]} made garbage "
+                f"({time.perf_counter() - t0:.1f} s)")
+        blobs, garbage = counts[0]
+        for s in servers:
+            s.stop()
+        os.sync()
+        before = [blob_files(s) for s in servers]
+        b_secs, b_rss = run_measured([args.berth, "gc", "--data-dir", berth.data_dir], berth_env)
+        d_secs, d_rss = run_measured([args.distribution, "garbage-collect", os.path.join(base, "dist-config.yml")])
+        after = [blob_files(s) for s in servers]
+        label = f"{blobs:,} blobs / {n_repos:,} repos, {garbage:,} unreferenced"
+        rows.append((f"GC of a stopped registry, {label} (s)", b_secs, d_secs, 2, "lower"))
+        rows.append(("GC peak RSS, ru_maxrss (MiB)", b_rss, d_rss, 1, "lower"))
+        rows.append(("Files removed by that GC (distribution stores manifests as blobs too)", before[0] - after[0], before[1] - after[1], 0, "same"))
+
+        # Push throughput on the populated registry, without and with
+        # collections looping (distribution cannot collect while serving).
+        berth = start_berth(args.berth, base, name="berth-gc2", data=berth.data_dir,
+                            env={"BERTH_GC_INTERVAL_SECS": "0"})
+        servers = [berth]
+        results = {}
+        for phase in ("without", "with"):
+            layout = os.path.join(base, f"img-{phase}")
+            tags, total = make_image_set(layout, f"g{phase[0]}", P["images"], P["layers"], P["layer_size"])
+            stop = threading.Event()
+            runs, gc_ms = [], []
+
+            def loop():
+                c = Client(berth.addr)
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    c.req("POST", "/admin/gc", body=b"", expect=(200,))
+                    gc_ms.append((time.perf_counter() - t) * 1000)
+                    runs.append(1)
+                c.close()
+            t = threading.Thread(target=loop) if phase == "with" else None
+            if t:
+                t.start()
+            os.sync()
+            try:
+                results[phase] = push_parallel(berth, layout, tags, total)
+            finally:
+                stop.set()
+                if t:
+                    t.join()
+            if phase == "with":
+                results["runs"] = len(runs)
+                results["gc_ms"] = statistics.median(gc_ms) if gc_ms else None
+        rows.append(("Push, 4 parallel skopeo copies, GC looping (MB/s)", results["with"], None, 1, "higher"))
+        rows.append(("Push, 4 parallel skopeo copies, no GC (MB/s)", results["without"], None, 1, "higher"))
+        rows.append((f"Online GC run during those pushes, median of {results['runs']} (ms)",
+                     results["gc_ms"], None, 1, "lower"))
+    finally:
+        for s in servers:
+            s.stop()
+    return rows
+
+
+def render_gc(rows):
+    lines = ["", "## Garbage collection (distribution: `garbage-collect` on its stopped data directory)", "",
+             "| Metric | Berth | distribution | Ratio (berth/dist) | Better |", "|---|---:|---:|---:|---|"]
+    for name, b, d, digits, better in rows:
+        ratio = f"{b / d:.2f}x" if b is not None and d else "n/a"
+        dv = "n/a" if d is None else fmt(d, digits)
+        lines.append(f"| {name} | {fmt(b, digits)} | {dv} | {ratio} | {better} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_security(rows):
     lines = ["", "## Cost of security features (Berth against plain Berth, same phase)", "",
              "| Metric | With feature | Without | Ratio | Better |", "|---|---:|---:|---:|---|"]
@@ -568,19 +716,31 @@ def main():
     ap.add_argument("--distribution", default="/usr/bin/docker-registry")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "latest.md"))
+    ap.add_argument("--gc-only", action="store_true", help="only the garbage-collection rows")
     args = ap.parse_args()
 
     if args.quick:
         P = dict(images=4, layers=2, layer_size=2 * MIB, big=32 * MIB, tries=2,
-                 wrk_secs=3, tags=100, repos=100, gets=5)
+                 wrk_secs=3, tags=100, repos=100, gets=5, gc_repos=100)
     else:
         # 8 images x 3 layers x ~8.3 MB = ~200 MB per image set.
         P = dict(images=8, layers=3, layer_size=8_300_000, big=256 * MIB, tries=3,
-                 wrk_secs=10, tags=1000, repos=1000, gets=20)
+                 wrk_secs=10, tags=1000, repos=1000, gets=20, gc_repos=1000)
 
     started = time.time()
     root = tempfile.mkdtemp(prefix="berth-bench-")
     log(f"work dir {root}")
+    if args.gc_only:
+        try:
+            table = render_gc(gc_rows(args, root, P))
+            print(table)
+            os.makedirs(os.path.dirname(args.out), exist_ok=True)
+            with open(args.out, "w") as f:
+                f.write(table)
+        finally:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        return
     servers = []
     rows = []
     try:
@@ -694,6 +854,10 @@ def main():
             table += render_security(security_rows(args, root, P, big_path, big_digest))
         except Exception as e:  # the comparison above stands on its own
             log(f"security-feature rows failed: {e}")
+        try:
+            table += render_gc(gc_rows(args, root, P))
+        except Exception as e:  # likewise
+            log(f"garbage-collection rows failed: {e}")
         print(table)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
