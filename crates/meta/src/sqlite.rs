@@ -154,6 +154,17 @@ CREATE TABLE search_suffixes (
 CREATE INDEX search_suffixes_by_repo ON search_suffixes(repo_id);
 CREATE INDEX search_repos_by_name ON search_repos(name);
 INSERT OR IGNORE INTO search_dirty(repo_id) SELECT repo_id FROM search_repos;
+"#,
+// Backups: blobs a running backup still has to copy. Garbage collection
+// keeps a pinned blob's row (and so its file) until the lease expires.
+r#"
+CREATE TABLE backup_pins (
+    lease   TEXT NOT NULL,
+    digest  TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (lease, digest)
+) WITHOUT ROWID;
+CREATE INDEX backup_pins_by_digest ON backup_pins(digest);
 "#];
 
 const READERS: usize = 8;
@@ -991,8 +1002,9 @@ impl MetadataStore for SqliteMetadata {
                 .query_row(
                     "SELECT size FROM blobs WHERE digest = ?1
                      AND NOT EXISTS (SELECT 1 FROM repo_blobs WHERE digest = ?1)
-                     AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE target = ?1 AND kind = 0)",
-                    [&digest],
+                     AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE target = ?1 AND kind = 0)
+                     AND NOT EXISTS (SELECT 1 FROM backup_pins WHERE digest = ?1 AND expires > ?2)",
+                    params![&digest, now_secs()],
                     |r| r.get(0),
                 )
                 .optional()
