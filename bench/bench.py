@@ -529,6 +529,78 @@ def security_rows(args, root, P, big_path, big_digest):
     return rows
 
 
+def latency_ms(srv, paths, rounds, expect_hits=True):
+    """GETs every path in `paths` `rounds` times over one keep-alive
+    connection (after one warm-up round); returns (p50, p99) in ms."""
+    c = Client(srv.addr)
+    for path in paths:
+        _, data = c.req("GET", path, expect=(200,))
+        if expect_hits and path.startswith("/api/") and not json.loads(data).get("results"):
+            log(f"warning: {path} found nothing")
+    times = []
+    for _ in range(rounds):
+        for path in paths:
+            t0 = time.perf_counter()
+            c.req("GET", path, expect=(200,))
+            times.append((time.perf_counter() - t0) * 1000)
+    c.close()
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+SEARCH_QUERIES = [
+    "nginx",                                    # a word many names contain
+    "redis-709",                                # one exact last component
+    "seed/t42",                                 # a name prefix
+    "grafana+team",                             # words from the description
+    "platform:linux/arm64",                     # a filter alone
+    "python+label:org.opencontainers.image.version=1.7",
+    "nothing-matches-this",
+]
+
+
+def search_rows(args, root, P):
+    """Search latency (p50/p99 over a mix of queries, /api/v1/search) and
+    UI page time at two registry sizes. The repositories are synthetic rows
+    added to a stopped data directory by `berth seed-search` (the same index
+    a push writes); distribution has no search, so it has no column here."""
+    rows = []
+    data = os.path.join(root, "search-data")
+    os.makedirs(data)
+    have = 0
+    for size in P["search_sizes"]:
+        t0 = time.perf_counter()
+        subprocess.run([args.berth, "seed-search", "--data-dir", data, "--repositories", str(size - have),
+                        "--prefix", "seed" if have == 0 else f"seed{have}"],
+                       check=True, stdout=subprocess.DEVNULL)
+        log(f"seeded {size - have} repositories ({time.perf_counter() - t0:.1f} s)")
+        have = size
+        srv = start_berth(args.berth, root, f"berth-search-{size}", data, env={"BERTH_GC_INTERVAL_SECS": "0"})
+        try:
+            paths = [f"/api/v1/search?q={q}&n=25&page=1" for q in SEARCH_QUERIES]
+            p50, p99 = latency_ms(srv, paths, P["search_rounds"], expect_hits=False)
+            rows.append((f"Search API, {size:,} repositories, {len(paths)} query kinds, p50 (ms)", p50, 2))
+            rows.append((f"Search API, {size:,} repositories, p99 (ms)", p99, 2))
+            d50, _ = latency_ms(srv, [f"/v1/search?q={q}&n=25" for q in ("nginx", "redis-709")],
+                                P["search_rounds"], expect_hits=False)
+            rows.append((f"Docker v1 search, {size:,} repositories, p50 (ms)", d50, 2))
+            ui = ["/", "/?q=nginx", "/r/seed/t9/redis-709", "/r/seed/t9/redis-709/manifests/latest"]
+            u50, u99 = latency_ms(srv, ui, P["search_rounds"], expect_hits=False)
+            rows.append((f"UI pages (home, results, repository, manifest), {size:,} repositories, p50 (ms)", u50, 2))
+            rows.append((f"UI pages, {size:,} repositories, p99 (ms)", u99, 2))
+        finally:
+            srv.stop()
+    return rows
+
+
+def render_search(rows):
+    lines = ["", "## Search and web UI (distribution has neither: `docker search` gets 404 there)", "",
+             "| Metric | Berth |", "|---|---:|"]
+    for name, b, digits in rows:
+        lines.append(f"| {name} | {fmt(b, digits)} |")
+    return "\n".join(lines) + "\n"
+
+
 def populate_for_gc(srv, n_repos, images_per_repo, drop_per_repo, workers=8):
     """Fills `n_repos` repositories with `images_per_repo` tiny images each
     (a config and a layer: two blobs per image) over raw HTTP, several
@@ -717,22 +789,25 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "latest.md"))
     ap.add_argument("--gc-only", action="store_true", help="only the garbage-collection rows")
+    ap.add_argument("--search-only", action="store_true", help="only the search and UI rows")
     args = ap.parse_args()
 
     if args.quick:
         P = dict(images=4, layers=2, layer_size=2 * MIB, big=32 * MIB, tries=2,
-                 wrk_secs=3, tags=100, repos=100, gets=5, gc_repos=100)
+                 wrk_secs=3, tags=100, repos=100, gets=5, gc_repos=100,
+                 search_sizes=(1000, 5000), search_rounds=5)
     else:
         # 8 images x 3 layers x ~8.3 MB = ~200 MB per image set.
         P = dict(images=8, layers=3, layer_size=8_300_000, big=256 * MIB, tries=3,
-                 wrk_secs=10, tags=1000, repos=1000, gets=20, gc_repos=1000)
+                 wrk_secs=10, tags=1000, repos=1000, gets=20, gc_repos=1000,
+                 search_sizes=(1000, 100_000), search_rounds=30)
 
     started = time.time()
     root = tempfile.mkdtemp(prefix="berth-bench-")
     log(f"work dir {root}")
-    if args.gc_only:
+    if args.gc_only or args.search_only:
         try:
-            table = render_gc(gc_rows(args, root, P))
+            table = render_gc(gc_rows(args, root, P)) if args.gc_only else render_search(search_rows(args, root, P))
             print(table)
             os.makedirs(os.path.dirname(args.out), exist_ok=True)
             with open(args.out, "w") as f:
@@ -858,6 +933,10 @@ def main():
             table += render_gc(gc_rows(args, root, P))
         except Exception as e:  # likewise
             log(f"garbage-collection rows failed: {e}")
+        try:
+            table += render_search(search_rows(args, root, P))
+        except Exception as e:  # likewise
+            log(f"search rows failed: {e}")
         print(table)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:

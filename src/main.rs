@@ -23,6 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks only: add synthetic repositories to a stopped data directory.
+    #[command(hide = true)]
+    SeedSearch {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        repositories: usize,
+        #[arg(long, default_value = "seed")]
+        prefix: String,
+    },
     /// Run the registry.
     Serve {
         /// Address to listen on (overrides server.listen).
@@ -177,6 +187,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { listen, data_dir, config } => serve(listen, data_dir, config),
+        Command::SeedSearch { data_dir, repositories, prefix } => {
+            berth_meta::seed_synthetic(&data_dir.join("metadata.db"), &prefix, repositories).map_err(anyhow::Error::from)
+        }
         Command::Gc { dry_run, target } => admin::gc(target, dry_run),
         Command::Usage { target } => admin::usage(target),
         Command::Config { command: ConfigCommand::Defaults } => {

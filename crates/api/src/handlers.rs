@@ -404,28 +404,44 @@ async fn get_manifest(state: &ApiState, repo: &RepoName, reference: &Reference, 
     Ok(resp)
 }
 
+/// How much of an oversized manifest is read and discarded before the 413
+/// is sent: a client still writing its body would otherwise get a broken
+/// pipe instead of the error.
+const MANIFEST_DRAIN_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads a request body of at most `limit` bytes into memory. A larger one
+/// is drained (up to [`MANIFEST_DRAIN_BYTES`] more, never kept) and gives
+/// `None`.
+async fn read_bounded(mut body: Body, limit: usize) -> Result<Option<bytes::Bytes>> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::Registry(berth_registry::RegistryError::ManifestInvalid(format!("could not read body: {e}"))))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > limit + MANIFEST_DRAIN_BYTES {
+            return Ok(None);
+        } else {
+            buf = bytes::BytesMut::new();
+        }
+    }
+    Ok((seen <= limit).then(|| buf.freeze()))
+}
+
 async fn put_manifest(state: &ApiState, repo: &RepoName, reference: &Reference, req: Request<Body>) -> Result<Response<Body>> {
     let limit = state.registry.config().max_manifest_bytes;
     let content_type = header_str(req.headers(), header::CONTENT_TYPE)
         .map(|c| c.split(';').next().unwrap_or("").trim().to_string());
     let too_large = || ApiError::Registry(berth_registry::RegistryError::ManifestTooLarge { limit });
-    if let Some(len) = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok()) {
-        if len > limit {
-            return Err(too_large());
-        }
+    let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > (limit + MANIFEST_DRAIN_BYTES) as u64) {
+        // Far too large to be worth reading: refuse at once (the client may
+        // see the connection close before it reads the answer).
+        return Err(too_large());
     }
-    // Bounded read: never more than the limit in memory.
-    let body = http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                ApiError::Registry(berth_registry::RegistryError::ManifestInvalid(format!("could not read body: {e}")))
-            }
-        })?
-        .to_bytes();
+    let body = read_bounded(req.into_body(), limit).await?.ok_or_else(too_large)?;
     let pushed = state.registry.put_manifest(repo, reference, content_type.as_deref(), body).await?;
     let mut resp = empty(StatusCode::CREATED);
     set(&mut resp, header::LOCATION, &format!("/v2/{repo}/manifests/{}", pushed.digest));

@@ -9,6 +9,7 @@ mod search;
 mod sqlite;
 pub mod snapshot;
 
+pub use search::seed_synthetic;
 pub use sqlite::SqliteMetadata;
 
 use async_trait::async_trait;

@@ -516,6 +516,50 @@ pub(crate) fn search(c: &Connection, q: &SearchQuery, allow: &RepoFilter) -> rus
     Ok(SearchPage { total, more, hits })
 }
 
+/// Adds `n` synthetic repositories (`{prefix}/t{i % 100}/{word}-{i}`, one
+/// tiny manifest tagged `latest` and `v1`, a description, a label and a
+/// platform each) to the store at `path` in one transaction: benchmarks of
+/// search at scale, with the server stopped. The manifests have no blobs
+/// and are not meant to be pulled.
+#[doc(hidden)]
+pub fn seed_synthetic(path: &std::path::Path, prefix: &str, n: usize) -> crate::Result<()> {
+    let backend = |e: rusqlite::Error| crate::MetaError::Backend(e.to_string());
+    drop(crate::SqliteMetadata::open(path)?);
+    let mut c = Connection::open(path).map_err(backend)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+    let tx = c.transaction().map_err(backend)?;
+    let words = ["nginx", "redis", "postgres", "python", "node", "golang", "alpine", "busybox", "envoy", "grafana", "app", "lib"];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    for i in 0..n {
+        let name = format!("{prefix}/t{}/{}-{i}", i % 100, words[i % words.len()]);
+        tx.execute("INSERT OR IGNORE INTO repositories(name, created_at) VALUES (?1, ?2)", params![name, now]).map_err(backend)?;
+        let id: i64 = tx.query_row("SELECT id FROM repositories WHERE name = ?1", [&name], |r| r.get(0)).map_err(backend)?;
+        let body = format!("{{\"schemaVersion\":2,\"seed\":{i}}}");
+        let digest = berth_oci::Digest::sha256_of(body.as_bytes()).to_string();
+        tx.execute(
+            "INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, size, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, digest, "application/vnd.oci.image.manifest.v1+json", body.len() as i64, body.as_bytes(), now],
+        )
+        .map_err(backend)?;
+        let fields = SearchFields {
+            description: Some(format!("The {} service number {i} of team {}", words[(i / 7) % words.len()], i % 100)),
+            labels: vec![("org.opencontainers.image.version".into(), format!("1.{}", i % 50))],
+            platforms: vec![["linux/amd64", "linux/arm64"][i % 2].to_string()],
+            ..Default::default()
+        };
+        put_fields(&tx, id, &digest, &fields, false).map_err(backend)?;
+        for tag in ["latest", "v1"] {
+            tx.execute(
+                "INSERT OR REPLACE INTO tags(repo_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, tag, digest, now],
+            )
+            .map_err(backend)?;
+        }
+    }
+    reindex_dirty(&tx).map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
 pub(crate) fn repository_info(c: &Connection, repo: &str) -> rusqlite::Result<Option<RepositoryInfo>> {
     let row: Option<(i64, i64, Option<String>)> = c
         .query_row(
