@@ -517,10 +517,10 @@ pub(crate) fn search(c: &Connection, q: &SearchQuery, allow: &RepoFilter) -> rus
 }
 
 /// Adds `n` synthetic repositories (`{prefix}/t{i % 100}/{word}-{i}`, one
-/// tiny manifest tagged `latest` and `v1`, a description, a label and a
+/// tiny layerless manifest tagged `latest` and `v1`, a description, a label and a
 /// platform each) to the store at `path` in one transaction: benchmarks of
-/// search at scale, with the server stopped. The manifests have no blobs
-/// and are not meant to be pulled.
+/// search at scale, with the server stopped. Their config blob is not
+/// stored: they are not meant to be pulled.
 #[doc(hidden)]
 pub fn seed_synthetic(path: &std::path::Path, prefix: &str, n: usize) -> crate::Result<()> {
     let backend = |e: rusqlite::Error| crate::MetaError::Backend(e.to_string());
@@ -534,7 +534,12 @@ pub fn seed_synthetic(path: &std::path::Path, prefix: &str, n: usize) -> crate::
         let name = format!("{prefix}/t{}/{}-{i}", i % 100, words[i % words.len()]);
         tx.execute("INSERT OR IGNORE INTO repositories(name, created_at) VALUES (?1, ?2)", params![name, now]).map_err(backend)?;
         let id: i64 = tx.query_row("SELECT id FROM repositories WHERE name = ?1", [&name], |r| r.get(0)).map_err(backend)?;
-        let body = format!("{{\"schemaVersion\":2,\"seed\":{i}}}");
+        let body = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+             \"config\":{{\"mediaType\":\"application/vnd.oci.empty.v1+json\",\
+             \"digest\":\"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a\",\"size\":2}},\
+             \"layers\":[],\"annotations\":{{\"seed\":\"{i}\"}}}}"
+        );
         let digest = berth_oci::Digest::sha256_of(body.as_bytes()).to_string();
         tx.execute(
             "INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, size, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
