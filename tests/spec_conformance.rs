@@ -224,6 +224,10 @@ fn unknown_endpoint_and_wrong_method_are_errors() {
     let r = c.post(format!("{}/v2/repo/manifests/latest", s.url)).send().unwrap();
     assert_error(r, 405, &["UNSUPPORTED"]);
     let r = c.put(format!("{}/v2/repo/tags/list", s.url)).send().unwrap();
+    assert_eq!(hdr(&r, "allow").as_deref(), Some("GET"));
+    assert_error(r, 405, &["UNSUPPORTED"]);
+    let r = c.post(format!("{}/v2/", s.url)).send().unwrap();
+    assert_eq!(hdr(&r, "allow").as_deref(), Some("GET, HEAD"));
     assert_error(r, 405, &["UNSUPPORTED"]);
 }
 
@@ -359,6 +363,50 @@ fn blob_delete() {
     // Deleting in one repository leaves another's blob alone.
     assert_error(delete(&s, &c, &format!("/v2/del/blob/blobs/{other}")), 404, &["BLOB_UNKNOWN"]);
     assert_eq!(head(&s, &c, &format!("/v2/del/other/blobs/{other}")).status(), 200);
+}
+
+#[test]
+fn blobs_a_manifest_uses_cannot_be_deleted_under_it() {
+    let s = Server::start();
+    let c = client();
+    let repo = "del/inuse";
+    let (manifest, d) = push_image(&c, &s.url, repo, "v1");
+    let v: Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = v["layers"][0]["digest"].as_str().unwrap().to_string();
+    let config = v["config"]["digest"].as_str().unwrap().to_string();
+    for blob in [&layer, &config] {
+        let r = delete(&s, &c, &format!("/v2/{repo}/blobs/{blob}"));
+        assert!(hdr(&r, "allow").is_some(), "405 without Allow");
+        let e = assert_error(r, 405, &["UNSUPPORTED"]);
+        assert!(e["errors"][0]["message"].as_str().unwrap().contains(&d), "{e}");
+        assert_eq!(head(&s, &c, &format!("/v2/{repo}/blobs/{blob}")).status(), 200);
+    }
+    // The image still pulls whole; once the manifest is gone, so can its blobs.
+    assert_eq!(get(&s, &c, &format!("/v2/{repo}/manifests/v1")).status(), 200);
+    assert_eq!(delete(&s, &c, &format!("/v2/{repo}/manifests/{d}")).status(), 202);
+    for blob in [&layer, &config] {
+        assert_eq!(delete(&s, &c, &format!("/v2/{repo}/blobs/{blob}")).status(), 202);
+        assert_head_status(head(&s, &c, &format!("/v2/{repo}/blobs/{blob}")), 404);
+    }
+}
+
+#[test]
+fn manifests_an_index_lists_cannot_be_deleted_under_it() {
+    let s = Server::start();
+    let c = client();
+    let repo = "del/child";
+    let child = image_manifest(&s, &c, repo);
+    let child_digest = put_manifest_ok(&s, &c, repo, &sha256(&child), OCI_MANIFEST, &child);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [descriptor(OCI_MANIFEST, &child)],
+    }))
+    .unwrap();
+    let index_digest = put_manifest_ok(&s, &c, repo, "multi", OCI_INDEX, &index);
+    assert_error(delete(&s, &c, &format!("/v2/{repo}/manifests/{child_digest}")), 405, &["UNSUPPORTED"]);
+    assert_eq!(get(&s, &c, &format!("/v2/{repo}/manifests/{child_digest}")).status(), 200);
+    assert_eq!(delete(&s, &c, &format!("/v2/{repo}/manifests/{index_digest}")).status(), 202);
+    assert_eq!(delete(&s, &c, &format!("/v2/{repo}/manifests/{child_digest}")).status(), 202);
 }
 
 // ---- push: blob uploads ----------------------------------------------------
@@ -995,6 +1043,32 @@ fn manifest_by_sha512_digest() {
 }
 
 #[test]
+fn manifest_etag_and_if_none_match() {
+    let s = Server::start();
+    let c = client();
+    let (body, d) = push_image(&c, &s.url, "etag/app", "v1");
+    let r = get(&s, &c, "/v2/etag/app/manifests/v1");
+    let etag = must_hdr(&r, "etag");
+    assert_eq!(etag, format!("\"{d}\""));
+    assert_eq!(r.bytes().unwrap().as_ref(), &body[..]);
+    let r = c.get(format!("{}/v2/etag/app/manifests/v1", s.url)).header("If-None-Match", &etag).send().unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(must_hdr(&r, "docker-content-digest"), d);
+    assert!(r.bytes().unwrap().is_empty());
+    let r = c.get(format!("{}/v2/etag/app/manifests/v1", s.url)).header("If-None-Match", "\"sha256:other\"").send().unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn content_type_is_compared_without_case() {
+    let s = Server::start();
+    let c = client();
+    let m = image_manifest(&s, &c, "case/ct");
+    put_manifest_ok(&s, &c, "case/ct", "v1", "Application/VND.OCI.image.manifest.v1+json", &m);
+    assert_eq!(must_hdr(&get(&s, &c, "/v2/case/ct/manifests/v1"), "content-type"), OCI_MANIFEST);
+}
+
+#[test]
 fn unknown_manifest_is_404() {
     let s = Server::start();
     let c = client();
@@ -1588,6 +1662,10 @@ fn referrers_filter_with_encoded_media_type() {
     put_manifest_ok(&s, &c, repo, &sha256(&a), OCI_MANIFEST, &a);
     let r = get(&s, &c, &format!("/v2/{repo}/referrers/{subject}?artifactType=application%2Fvnd.example.sig%2Bjson"));
     assert_eq!(must_hdr(&r, "oci-filters-applied"), "artifactType");
+    assert_eq!(json_body(r)["manifests"].as_array().unwrap().len(), 1);
+    // An empty filter filters nothing.
+    let r = get(&s, &c, &format!("/v2/{repo}/referrers/{subject}?artifactType="));
+    assert!(hdr(&r, "oci-filters-applied").is_none());
     assert_eq!(json_body(r)["manifests"].as_array().unwrap().len(), 1);
 }
 

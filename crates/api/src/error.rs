@@ -56,7 +56,8 @@ pub fn classify(err: &ApiError) -> (StatusCode, ErrorCode, String) {
             R::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
             R::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
             R::SizeInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid),
-            R::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            // 405 is what the spec allows a registry that will not delete.
+            R::Unsupported(_) | R::InUse(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
             R::Denied(_) | R::SignatureRequired(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             R::Storage(_) | R::Metadata(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown),
         },

@@ -22,9 +22,35 @@ const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
 pub(crate) async fn handle(state: ApiState, req: Request<Body>) -> Response<Body> {
+    let path = req.uri().path().to_string();
     match dispatch(&state, req).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let mut resp = e.into_response();
+            if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110: a 405 names the methods the resource supports.
+                let allow = allowed_methods(&route::parse(&path), state.registry.config().delete_enabled);
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            resp
+        }
+    }
+}
+
+/// The methods each endpoint answers (for `Allow` on a 405).
+fn allowed_methods(route: &Route<'_>, delete_enabled: bool) -> &'static str {
+    match route {
+        Route::Base | Route::Health | Route::Metrics => "GET, HEAD",
+        Route::Catalog | Route::Tags { .. } | Route::Referrers { .. } | Route::AdminUsage => "GET",
+        Route::Manifest { .. } if delete_enabled => "GET, HEAD, PUT, DELETE",
+        Route::Manifest { .. } => "GET, HEAD, PUT",
+        Route::Blob { .. } if delete_enabled => "GET, HEAD, DELETE",
+        Route::Blob { .. } => "GET, HEAD",
+        Route::Upload { id: "", .. } => "POST",
+        Route::Upload { .. } => "GET, PATCH, PUT, DELETE",
+        Route::Token => "GET, POST",
+        Route::AdminGc => "POST",
+        Route::NotFound => "GET, HEAD",
     }
 }
 
@@ -71,7 +97,7 @@ async fn dispatch(state: &ApiState, req: Request<Body>) -> Result<Response<Body>
             let repo = repo_name(name)?;
             let reference = parse_reference(reference)?;
             match method {
-                Method::GET | Method::HEAD => get_manifest(state, &repo, &reference, head).await,
+                Method::GET | Method::HEAD => get_manifest(state, &repo, &reference, req.headers(), head).await,
                 Method::PUT => put_manifest(state, &repo, &reference, req).await,
                 Method::DELETE => {
                     state.registry.delete_manifest(&repo, &reference).await?;
@@ -390,16 +416,26 @@ async fn tags(state: &ApiState, repo: &RepoName, query: &Query) -> Result<Respon
     Ok(paginated(&format!("/v2/{repo}/tags/list"), &page, body))
 }
 
-async fn get_manifest(state: &ApiState, repo: &RepoName, reference: &Reference, head: bool) -> Result<Response<Body>> {
+async fn get_manifest(state: &ApiState, repo: &RepoName, reference: &Reference, headers: &HeaderMap, head: bool) -> Result<Response<Body>> {
     let m = state.registry.pull_manifest(repo, reference).await?;
-    if !head {
+    let etag = format!("\"{}\"", m.digest);
+    // A client that holds this exact manifest (its ETag) gets 304, no body.
+    let unchanged = header_str(headers, header::IF_NONE_MATCH)
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if !head && !unchanged {
         state.registry.record_pull(repo, &m.digest);
     }
     let len = m.body.len();
+    if unchanged {
+        let mut resp = empty(StatusCode::NOT_MODIFIED);
+        set(&mut resp, DOCKER_CONTENT_DIGEST, &m.digest.to_string());
+        set(&mut resp, header::ETAG, &etag);
+        return Ok(resp);
+    }
     let mut resp = Response::new(if head { Body::empty() } else { Body::from(m.body) });
     set(&mut resp, header::CONTENT_TYPE, &m.media_type);
     set(&mut resp, DOCKER_CONTENT_DIGEST, &m.digest.to_string());
-    set(&mut resp, header::ETAG, &format!("\"{}\"", m.digest));
+    set(&mut resp, header::ETAG, &etag);
     resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(resp)
 }
@@ -551,7 +587,8 @@ async fn finish_upload(state: &ApiState, repo: &RepoName, id: &UploadId, query: 
 }
 
 async fn referrers(state: &ApiState, repo: &RepoName, digest: &Digest, query: &Query) -> Result<Response<Body>> {
-    let filter = query.get("artifactType");
+    // An empty `artifactType=` filters nothing.
+    let filter = query.get("artifactType").filter(|t| !t.is_empty());
     let found = state.registry.referrers(repo, digest, filter).await?;
     let manifests: Vec<serde_json::Value> = found
         .into_iter()

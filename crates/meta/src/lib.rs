@@ -22,6 +22,10 @@ pub enum MetaError {
     MissingBlob(Digest),
     #[error("manifest {0} is not known in this repository")]
     MissingManifest(Digest),
+    /// A delete refused because a manifest in the repository still
+    /// refers to the target (a layer, a config, an index's child).
+    #[error("{target} is referenced by manifest {by} in this repository; delete that manifest first")]
+    InUse { target: Digest, by: Digest },
     #[error("metadata store: {0}")]
     Backend(String),
 }

@@ -328,6 +328,28 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+
+/// Refuses (`InUse`) to remove `target` from a repository while one of its
+/// manifests refers to it as a blob (`kind` 0) or a child manifest (1):
+/// deleting it would leave a pullable tag pointing at nothing.
+fn refuse_if_referenced(tx: &Connection, repo_id: i64, target: &str, kind: i64) -> Result<()> {
+    let by: Option<String> = tx
+        .query_row(
+            "SELECT manifest FROM manifest_refs WHERE repo_id = ?1 AND target = ?2 AND kind = ?3 AND manifest <> ?2 LIMIT 1",
+            params![repo_id, target, kind],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    match by {
+        Some(by) => Err(MetaError::InUse {
+            target: target.parse().map_err(|_| MetaError::Backend(format!("stored digest {target:?}")))?,
+            by: by.parse().map_err(|_| MetaError::Backend(format!("stored digest {by:?}")))?,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<i64>> {
     conn.query_row("SELECT id FROM repositories WHERE name = ?1", [repo], |r| r.get(0)).optional()
 }
@@ -394,6 +416,7 @@ impl MetadataStore for SqliteMetadata {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |tx| {
             let Some(id) = repo_id(tx, &repo).map_err(backend)? else { return Ok(false) };
+            refuse_if_referenced(tx, id, &digest, 0)?;
             let n = tx
                 .execute("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2", params![id, digest])
                 .map_err(backend)?;
@@ -539,6 +562,7 @@ impl MetadataStore for SqliteMetadata {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |tx| {
             let Some(id) = repo_id(tx, &repo).map_err(backend)? else { return Ok(false) };
+            refuse_if_referenced(tx, id, &digest, 1)?;
             let n = tx
                 .execute("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2", params![id, digest])
                 .map_err(backend)?;

@@ -102,7 +102,10 @@ impl ParsedManifest {
     /// Parses and checks a manifest body. `content_type` is the request's
     /// Content-Type header, if any (parameters stripped by the caller).
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
-        let content_type = content_type.filter(|c| !c.is_empty());
+        // Media types are case-insensitive (RFC 6838); the registered ones
+        // are lower case.
+        let content_type = content_type.filter(|c| !c.is_empty()).map(str::to_ascii_lowercase);
+        let content_type = content_type.as_deref();
         if matches!(content_type, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)) {
             return Err(ManifestError::Schema1);
         }
@@ -115,7 +118,7 @@ impl ParsedManifest {
             return Err(ManifestError::SchemaVersion);
         }
         if let (Some(ct), Some(mt)) = (content_type, raw.media_type.as_deref()) {
-            if ct != mt {
+            if !ct.eq_ignore_ascii_case(mt) {
                 return Err(ManifestError::MediaTypeMismatch {
                     content_type: ct.to_string(),
                     media_type: mt.to_string(),
@@ -215,6 +218,12 @@ mod tests {
     fn content_type_mismatch() {
         let err = ParsedManifest::parse(image("").as_bytes(), Some(DOCKER_MANIFEST)).unwrap_err();
         assert!(matches!(err, ManifestError::MediaTypeMismatch { .. }));
+    }
+
+    #[test]
+    fn media_types_compare_without_case() {
+        let m = ParsedManifest::parse(image("").as_bytes(), Some("Application/VND.OCI.Image.Manifest.v1+JSON")).unwrap();
+        assert_eq!(m.media_type, OCI_MANIFEST);
     }
 
     #[test]

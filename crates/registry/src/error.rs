@@ -36,6 +36,9 @@ pub enum RegistryError {
     SizeInvalid(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A delete refused because a manifest still refers to the target.
+    #[error("{0}")]
+    InUse(String),
     /// Refused by policy: an immutable tag, a quota.
     #[error("{0}")]
     Denied(String),
@@ -55,6 +58,7 @@ impl From<berth_meta::MetaError> for RegistryError {
             berth_meta::MetaError::MissingBlob(d) | berth_meta::MetaError::MissingManifest(d) => {
                 RegistryError::ManifestBlobUnknown(d)
             }
+            e @ berth_meta::MetaError::InUse { .. } => RegistryError::InUse(e.to_string()),
             berth_meta::MetaError::Backend(s) => RegistryError::Metadata(s),
         }
     }

@@ -387,9 +387,15 @@ impl Registry {
                 if self.refuse_immutable(repo, &r.digest).await.is_err() {
                     continue;
                 }
-                if self.meta.delete_manifest(repo, &r.digest).await? {
-                    deleted.push(r.digest.clone());
-                    queue.push(r.digest);
+                // A referrer that an index of the repository lists stays
+                // with that index.
+                match self.meta.delete_manifest(repo, &r.digest).await {
+                    Ok(true) => {
+                        deleted.push(r.digest.clone());
+                        queue.push(r.digest);
+                    }
+                    Ok(false) | Err(berth_meta::MetaError::InUse { .. }) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
         }

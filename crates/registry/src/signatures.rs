@@ -329,7 +329,11 @@ impl Registry {
         if !berth_sign::is_signature_artifact(&m.body) || self.policies.is_immutable(repo.as_str(), tag.as_str()) {
             return Ok(Vec::new());
         }
-        Ok(if self.meta.delete_manifest(repo, &m.digest).await? { vec![m.digest] } else { Vec::new() })
+        match self.meta.delete_manifest(repo, &m.digest).await {
+            Ok(true) => Ok(vec![m.digest]),
+            Ok(false) | Err(berth_meta::MetaError::InUse { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Signature state of several manifests (the tags of a repository
