@@ -512,6 +512,19 @@ fn bundles_and_malformed_signatures() {
     let r = c.get(format!("{url}/v2/prod/bundled/referrers/{}", sha256(ghost))).send().unwrap();
     assert_eq!(r.status(), 200);
 
+    // A runnable image that calls itself a signature (artifactType of a
+    // bundle or a notation signature, with or without a subject) is an
+    // unsigned image, refused by the pull and by require_signed_tags.
+    for (i, artifact_type) in [BUNDLE, NOTATION].into_iter().enumerate() {
+        let (m, _) = push_image(&c, url, "prod/disguised", &format!("plain{i}"));
+        let mut v: Value = serde_json::from_slice(&m).unwrap();
+        v["artifactType"] = artifact_type.into();
+        let body = v.to_string();
+        let r = c.put(format!("{url}/v2/prod/disguised/manifests/v{i}")).header("Content-Type", OCI_MANIFEST).body(body).send().unwrap();
+        assert_eq!(r.status(), 201);
+        assert_denied(url, "prod/disguised", &format!("v{i}"), "no signature");
+    }
+
     // Nothing above made the server fail.
     assert!(!s.stderr().contains("request failed"), "{}", s.stderr());
 }

@@ -141,17 +141,20 @@ pub fn parse_manifest(body: &[u8]) -> Option<SignatureManifest> {
 }
 
 /// Whether a manifest is a signature or attestation artifact, which stays
-/// readable in enforced repositories: a recognized signature format, or
-/// only DSSE envelope layers (cosign attestations). Such manifests carry
-/// no runnable filesystem layers.
+/// readable in enforced repositories: at least one layer, and every layer a
+/// signature or attestation payload (cosign simple signing, sigstore
+/// bundles, JWS/COSE envelopes, DSSE envelopes). The artifact type alone
+/// proves nothing: a runnable image can claim any `artifactType`, so one
+/// filesystem layer (or a list of child manifests) disqualifies it.
 pub fn is_signature_artifact(body: &[u8]) -> bool {
-    if parse_manifest(body).is_some() {
-        return true;
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        manifests: Option<serde::de::IgnoredAny>,
     }
-    match serde_json::from_slice::<RawManifest>(body) {
-        Ok(raw) => !raw.layers.is_empty() && raw.layers.iter().all(|l| l.media_type == DSSE_ENVELOPE),
-        Err(_) => false,
-    }
+    let Ok(raw) = serde_json::from_slice::<RawManifest>(body) else { return false };
+    let is_index = serde_json::from_slice::<Shape>(body).map_or(true, |s| s.manifests.is_some());
+    let payload = |t: &str| t == COSIGN_SIMPLESIGNING || is_bundle_type(t) || t == JOSE_JSON || t == COSE || t == DSSE_ENVELOPE;
+    !is_index && !raw.layers.is_empty() && raw.layers.iter().all(|l| payload(&l.media_type))
 }
 
 /// What is trusted for one repository: public keys (cosign, sigstore
@@ -305,8 +308,33 @@ mod tests {
         let image = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:00","size":1},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:11","size":2}]}"#;
         assert!(parse_manifest(image).is_none());
         assert!(!is_signature_artifact(image));
-        assert!(is_signature_artifact(cosign));
         assert!(parse_manifest(b"not json").is_none());
+    }
+
+    #[test]
+    fn only_payload_layers_make_a_signature_artifact() {
+        let with = |artifact_type: &str, layers: &[&str]| {
+            let layers: Vec<String> = layers
+                .iter()
+                .map(|t| format!(r#"{{"mediaType":"{t}","digest":"sha256:11","size":2}}"#))
+                .collect();
+            format!(
+                r#"{{"schemaVersion":2,"artifactType":"{artifact_type}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:00","size":2}},"layers":[{}]}}"#,
+                layers.join(",")
+            )
+        };
+        assert!(is_signature_artifact(with("", &[COSIGN_SIMPLESIGNING]).as_bytes()));
+        assert!(is_signature_artifact(with(NOTATION_SIGNATURE, &[JOSE_JSON]).as_bytes()));
+        assert!(is_signature_artifact(with(SIGSTORE_BUNDLE_V03, &[SIGSTORE_BUNDLE_V03]).as_bytes()));
+        assert!(is_signature_artifact(with("", &[DSSE_ENVELOPE, DSSE_ENVELOPE]).as_bytes()));
+        // A runnable image that claims a signature artifact type is an image.
+        let tar = "application/vnd.oci.image.layer.v1.tar+gzip";
+        assert!(!is_signature_artifact(with(SIGSTORE_BUNDLE_V03, &[tar]).as_bytes()));
+        assert!(!is_signature_artifact(with(NOTATION_SIGNATURE, &[JOSE_JSON, tar]).as_bytes()));
+        assert!(!is_signature_artifact(with("", &[COSIGN_SIMPLESIGNING, "x"]).as_bytes()));
+        assert!(!is_signature_artifact(with(NOTATION_SIGNATURE, &[]).as_bytes()));
+        let index = format!(r#"{{"schemaVersion":2,"artifactType":"{NOTATION_SIGNATURE}","manifests":[],"layers":[{{"mediaType":"{JOSE_JSON}","digest":"sha256:11","size":2}}]}}"#);
+        assert!(!is_signature_artifact(index.as_bytes()));
     }
 
     #[test]
