@@ -1,6 +1,7 @@
 //! `berth backup …` commands and the `[backup]` configuration section.
 
 use crate::config::Config;
+use crate::remote;
 use anyhow::{anyhow, bail, Context};
 use berth_backup::ops::{self, Source};
 use berth_backup::policy::Policy;
@@ -86,6 +87,8 @@ pub fn spawn_scheduled(config: &Config, blobs: Arc<berth_storage::FsBlobStore>) 
     // Unlock once now so a wrong password fails at start-up, not at 3 a.m.
     let secret = b.secret()?;
     Repository::open(Path::new(&b.repo), &secret, Access::Shared).context("backup.repo")?;
+    // Checked against the data directory at start-up already; wanted here for its key id.
+    let encryption = crate::encryption::setup(&config.encryption, &config.storage.data_dir)?;
     berth_backup::schedule::spawn(
         berth_backup::schedule::Settings {
             schedule: b.schedule.clone(),
@@ -94,7 +97,7 @@ pub fn spawn_scheduled(config: &Config, blobs: Arc<berth_storage::FsBlobStore>) 
             policy: b.policy(),
             prune: b.prune,
         },
-        Source { data_dir: config.storage.data_dir.clone(), blobs },
+        Source { data_dir: config.storage.data_dir.clone(), blobs, encryption_key_id: key_id(&encryption) },
     )?;
     tracing::info!(schedule = %b.schedule, repo = %b.repo, "scheduled backups on");
     Ok(())
@@ -149,9 +152,13 @@ pub enum BackupCommand {
         /// Restore the whole registry into this new or empty data directory.
         #[arg(long, conflicts_with_all = ["url", "repository"])]
         to: Option<PathBuf>,
-        /// Push selected repositories into the running registry at this URL.
+        /// Push selected repositories into the running registry at this
+        /// http(s)://HOST:PORT.
         #[arg(long, requires = "repository")]
         url: Option<String>,
+        /// CA certificate (PEM) trusted for an https:// --url, besides the system roots.
+        #[arg(long, requires = "url")]
+        ca_cert: Option<PathBuf>,
         /// Repositories to push (glob: `*` within a component, `**` across).
         #[arg(long)]
         repository: Option<String>,
@@ -247,9 +254,10 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             let time = std::env::var("BERTH_BACKUP_TIME").ok().and_then(|v| v.parse().ok());
             let rt = runtime()?;
             let started = std::time::Instant::now();
+            let encryption_key_id = key_id(&setup);
             let blobs = Arc::new(rt.block_on(berth_storage::FsBlobStore::open_with(&data_dir, setup.keyring))?);
             let handle = rt.handle().clone();
-            let source = Source { data_dir: data_dir.clone(), blobs };
+            let source = Source { data_dir: data_dir.clone(), blobs, encryption_key_id };
             let report = rt.block_on(async {
                 tokio::task::spawn_blocking(move || ops::create(&repo, &source, &handle, time)).await
             })??;
@@ -272,7 +280,8 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::List { repo: args } => {
             let repo = Repository::open(&args.repo, &secret(&args, false)?, Access::Shared)?;
             println!("{:<16}  {:<19}  {:>6}  {:>9}  {:>6}  {:>12}  {:>12}", "ID", "TIME (UTC)", "REPOS", "MANIFESTS", "BLOBS", "SIZE", "ADDED");
-            for s in repo.snapshots()? {
+            let (snaps, damaged) = repo.scan_snapshots()?;
+            for s in snaps {
                 println!(
                     "{:<16}  {:<19}  {:>6}  {:>9}  {:>6}  {:>12}  {:>12}",
                     s.id,
@@ -283,6 +292,12 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
                     mib(s.total_bytes),
                     mib(s.bytes_added)
                 );
+            }
+            for e in &damaged {
+                eprintln!("error: {e:#}");
+            }
+            if !damaged.is_empty() {
+                bail!("{} damaged snapshot records (not listed); the snapshots listed are intact", damaged.len());
             }
             Ok(())
         }
@@ -305,26 +320,42 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             println!("no problems found");
             Ok(())
         }
-        BackupCommand::Restore { snapshot, repo: args, to, url, repository, config } => {
+        BackupCommand::Restore { snapshot, repo: args, to, url, repository, ca_cert, config } => {
             let config = load_config(config.as_deref())?;
+            // The target first, so a mistake there is reported before any work.
+            let push = match (&to, url, repository) {
+                (Some(_), _, _) => None,
+                (None, Some(url), Some(pattern)) => {
+                    let creds = match (std::env::var("BERTH_RESTORE_USERNAME"), std::env::var("BERTH_RESTORE_PASSWORD")) {
+                        (Ok(u), Ok(p)) => Some((u, p)),
+                        _ => None,
+                    };
+                    let user = creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+                    let client = remote::Client::for_url(&url, ca_cert.as_deref(), user)
+                        .context("--url")?
+                        .with_limits(std::time::Duration::from_secs(600), remote::MAX_BODY);
+                    Some((url, pattern, client))
+                }
+                _ => bail!("give --to DATA_DIR (whole registry) or --url URL --repository PATTERN"),
+            };
             let repo = Repository::open(&args.repo, &secret(&args, false)?, Access::Shared)?;
             let snap = repo.find_snapshot(&snapshot)?;
-            let started = std::time::Instant::now();
-            if let Some(target) = to {
-                if target.exists() && std::fs::read_dir(&target)?.next().is_some() {
-                    bail!("{} is not empty; restore into a new or empty data directory", target.display());
-                }
-                // Load the configured key (if any) without touching the target yet.
+            // Load the configured key (if any) without touching the target.
+            let keyring = {
                 let scratch = tempfile_dir()?;
-                let setup = crate::encryption::setup(&config.encryption, &scratch)?;
+                let setup = crate::encryption::setup(&config.encryption, &scratch);
                 let _ = std::fs::remove_dir_all(&scratch);
+                setup?.keyring
+            };
+            let started = std::time::Instant::now();
+            let Some((url, pattern, mut client)) = push else {
+                let target = to.expect("--to, when not --url");
                 let rt = runtime()?;
                 let handle = rt.handle().clone();
-                let (t, ring) = (target.clone(), setup.keyring.clone());
+                let t = target.clone();
                 let report = rt.block_on(async {
-                    tokio::task::spawn_blocking(move || ops::restore_to_dir(&repo, &snap, &t, ring, &handle)).await
+                    tokio::task::spawn_blocking(move || ops::restore_to_dir(&repo, &snap, &t, keyring, &handle)).await
                 })??;
-                setup.rotation_done(&target)?;
                 println!(
                     "restored {} blobs ({}) and {} manifests into {} in {:.2}s; every blob re-verified against its digest",
                     report.blobs,
@@ -334,23 +365,9 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
                     started.elapsed().as_secs_f64()
                 );
                 return Ok(());
-            }
-            let (Some(url), Some(pattern)) = (url, repository) else {
-                bail!("give --to DATA_DIR (whole registry) or --url URL --repository PATTERN");
             };
-            let keyring = if config.encryption.key.is_empty() && config.encryption.key_file.is_empty() {
-                None
-            } else {
-                let scratch = tempfile_dir()?;
-                let setup = crate::encryption::setup(&config.encryption, &scratch)?;
-                let _ = std::fs::remove_dir_all(&scratch);
-                setup.keyring
-            };
-            let creds = match (std::env::var("BERTH_RESTORE_USERNAME"), std::env::var("BERTH_RESTORE_PASSWORD")) {
-                (Ok(u), Ok(p)) => Some((u, p)),
-                _ => None,
-            };
-            let report = ops::restore_http(&repo, &snap, &url, &pattern, keyring.as_ref(), creds)?;
+            let report = ops::restore_http(&repo, &snap, &mut client, &pattern, keyring.as_ref())
+                .with_context(|| format!("restoring into {url}"))?;
             println!(
                 "pushed {} blobs ({}) and {} manifests to {url} in {:.2}s",
                 report.blobs,
@@ -376,6 +393,17 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn key_id(setup: &crate::encryption::Setup) -> Option<String> {
+    setup.keyring.as_ref().map(|ring| ring.current().id_hex())
+}
+
+impl ops::Http for remote::Client {
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<ops::HttpAnswer> {
+        let resp = remote::Client::send(self, method, path, headers, body).with_context(|| format!("{method} {path}"))?;
+        Ok(ops::HttpAnswer { status: resp.status, location: resp.header("location").map(str::to_string), text: resp.text() })
     }
 }
 

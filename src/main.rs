@@ -128,12 +128,15 @@ enum KeysCommand {
 /// Where an administrative command acts.
 #[derive(clap::Args)]
 struct Target {
-    /// A running server, e.g. http://127.0.0.1:5000 (needs the admin action when auth is on).
+    /// A running server, http(s)://HOST:PORT (needs the admin action when auth is on).
     #[arg(long, conflicts_with = "data_dir")]
     url: Option<String>,
     /// User for --url; the password comes from BERTH_PASSWORD.
     #[arg(long, requires = "url")]
     user: Option<String>,
+    /// CA certificate (PEM) trusted for an https:// --url, besides the system roots.
+    #[arg(long, requires = "url")]
+    ca_cert: Option<PathBuf>,
     /// A data directory no server is using (overrides storage.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,

@@ -1,7 +1,8 @@
-//! A small blocking client for the distribution API, used by `berth sign`
-//! and `berth verify`: one HTTP/1.1 request per connection, plain TCP for
-//! loopback (or `--insecure`) and TLS (rustls) otherwise, Basic
-//! credentials and the Docker token protocol.
+//! A small blocking client for the distribution API, used by `berth sign`,
+//! `berth verify`, `berth gc`/`usage --url` and `berth backup restore --url`:
+//! one HTTP/1.1 request per connection, plain TCP or TLS (rustls, system
+//! roots plus an optional CA file), Basic credentials and the Docker token
+//! protocol.
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio_rustls::rustls;
 
 /// Largest response body read.
-const MAX_BODY: usize = 8 * 1024 * 1024;
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// Manifest types asked for when resolving a reference.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -73,6 +74,8 @@ pub struct Client {
     tls: Option<Arc<rustls::ClientConfig>>,
     basic: Option<String>,
     bearer: Option<String>,
+    timeout: Duration,
+    max_body: usize,
 }
 
 impl Client {
@@ -83,8 +86,41 @@ impl Client {
         let loopback = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
         // A CA file asks for TLS even on loopback (a local server with a private CA).
         let tls = if insecure || (loopback && ca_file.is_none()) { None } else { Some(tls_config(ca_file)?) };
+        Ok(Client::build(host, tls, user))
+    }
+
+    /// A client for a base URL, `http://HOST[:PORT]` or `https://HOST[:PORT]`
+    /// (TLS: system roots plus `ca_file`); anything else is refused.
+    pub fn for_url(url: &str, ca_file: Option<&std::path::Path>, user: Option<(&str, &str)>) -> anyhow::Result<Client> {
+        let bad = || anyhow!("{url:?}: expected http://HOST[:PORT] or https://HOST[:PORT]");
+        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+        let host = rest.strip_suffix('/').unwrap_or(rest);
+        let port_ok = match host.rsplit_once(':') {
+            Some((h, port)) if !port.contains(']') => !h.is_empty() && port.parse::<u16>().is_ok(),
+            _ => true,
+        };
+        if host.is_empty() || !port_ok || host.contains(['/', '?', '#', '@']) || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "https" => Some(tls_config(ca_file)?),
+            "http" if ca_file.is_some() => bail!("{url:?}: --ca-cert is for https:// URLs"),
+            "http" => None,
+            _ => return Err(bad()),
+        };
+        Ok(Client::build(host, tls, user))
+    }
+
+    fn build(host: &str, tls: Option<Arc<rustls::ClientConfig>>, user: Option<(&str, &str)>) -> Client {
         let basic = user.map(|(u, p)| base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
-        Ok(Client { host: host.to_string(), tls, basic, bearer: None })
+        Client { host: host.to_string(), tls, basic, bearer: None, timeout: Duration::from_secs(120), max_body: MAX_BODY }
+    }
+
+    /// How long to wait for an answer, and the largest body read.
+    pub fn with_limits(mut self, timeout: Duration, max_body: usize) -> Client {
+        self.timeout = timeout;
+        self.max_body = max_body;
+        self
     }
 
     fn authority(&self) -> String {
@@ -126,14 +162,14 @@ impl Client {
         bytes.extend_from_slice(body);
         let authority = self.authority();
         let tcp = TcpStream::connect(&authority).with_context(|| format!("connecting to {authority}"))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+        tcp.set_read_timeout(Some(self.timeout))?;
         let raw = match &self.tls {
-            None => exchange(tcp, &bytes)?,
+            None => exchange(tcp, &bytes, self.max_body)?,
             Some(config) => {
                 let name = self.host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.host).trim_matches(['[', ']']).to_string();
                 let server = rustls::pki_types::ServerName::try_from(name).context("server name")?;
                 let conn = rustls::ClientConnection::new(config.clone(), server)?;
-                exchange(rustls::StreamOwned::new(conn, tcp), &bytes)?
+                exchange(rustls::StreamOwned::new(conn, tcp), &bytes, self.max_body)?
             }
         };
         parse_response(&raw)
@@ -159,10 +195,8 @@ impl Client {
         let query: Vec<String> = query.into_iter().map(|(k, v)| format!("{k}={}", encode(&v))).collect();
         let query = query.join("&");
         let sep = if path.contains('?') { '&' } else { '?' };
-        let mut client = Client { host: host.to_string(), tls: None, basic: self.basic.clone(), bearer: None };
-        if scheme_https {
-            client.tls = Some(self.tls.clone().map(Ok).unwrap_or_else(|| tls_config(None))?);
-        }
+        let tls = if scheme_https { Some(self.tls.clone().map(Ok).unwrap_or_else(|| tls_config(None))?) } else { None };
+        let client = Client { host: host.to_string(), tls, basic: self.basic.clone(), bearer: None, timeout: self.timeout, max_body: MAX_BODY };
         let resp = client.once("GET", &format!("{path}{sep}{query}"), &[], b"")?;
         if resp.status != 200 {
             bail!("token endpoint answered {}: {}", resp.status, resp.text());
@@ -181,7 +215,7 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-fn exchange<S: Read + Write>(mut s: S, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+fn exchange<S: Read + Write>(mut s: S, request: &[u8], max_body: usize) -> anyhow::Result<Vec<u8>> {
     s.write_all(request)?;
     s.flush()?;
     let mut raw = Vec::new();
@@ -191,7 +225,7 @@ fn exchange<S: Read + Write>(mut s: S, request: &[u8]) -> anyhow::Result<Vec<u8>
             Ok(0) => break,
             Ok(n) => {
                 raw.extend_from_slice(&buf[..n]);
-                if raw.len() > MAX_BODY + 65536 {
+                if raw.len() > max_body + 65536 {
                     bail!("response too large");
                 }
             }
@@ -293,6 +327,20 @@ mod tests {
         assert!(r.is_digest());
         assert_eq!(ImageRef::parse("localhost:5000/app").unwrap().reference, "latest");
         assert!(ImageRef::parse("app:v1").is_err());
+    }
+
+    #[test]
+    fn base_urls() {
+        for good in ["http://127.0.0.1:5000", "https://reg.example.com/", "https://[::1]:5000", "http://localhost"] {
+            assert!(Client::for_url(good, None, None).is_ok(), "{good}");
+        }
+        assert!(Client::for_url("https://h:5000", None, None).unwrap().tls.is_some());
+        assert!(Client::for_url("http://h:5000", None, None).unwrap().tls.is_none());
+        for bad in ["127.0.0.1:5000", "ftp://h", "http://", "http://h:port", "http://h:5000/v2/", "http://u@h"] {
+            assert!(Client::for_url(bad, None, None).is_err(), "{bad}");
+        }
+        let err = Client::for_url("http://h:5000", Some(std::path::Path::new("/ca.crt")), None).err().unwrap();
+        assert!(err.to_string().contains("--ca-cert"), "{err}");
     }
 
     #[test]

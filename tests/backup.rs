@@ -568,3 +568,194 @@ fn selected_repositories_restore_into_a_running_registry() {
 fn walk_count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.flatten().map(|e| std::fs::read_dir(e.path()).map(|x| x.count()).unwrap_or(0)).sum()).unwrap_or(0)
 }
+
+fn new_key() -> String {
+    ok(&["encryption", "new-key"]).trim().to_string()
+}
+
+/// Object files of the backup repository, largest first.
+fn objects_by_size(backup: &Path) -> Vec<std::path::PathBuf> {
+    let mut objects: Vec<_> =
+        std::fs::read_dir(backup.join("data")).unwrap().flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap()).map(|f| f.unwrap().path()).collect();
+    objects.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    objects
+}
+
+fn flip_byte(path: &Path, at: usize) -> Vec<u8> {
+    let original = std::fs::read(path).unwrap();
+    let mut bytes = original.clone();
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+    original
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+}
+
+#[test]
+fn an_encrypted_registry_restores_only_with_its_key_and_starts_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let k1 = new_key();
+    let s = common::Server::start_in(&data, &[], &[("BERTH_ENCRYPTION_KEY", &k1)]);
+    let c = common::client();
+    let (manifest, digest) = common::push_image(&c, &s.url, "secret/app", "v1");
+    let backup = tmp.path().join("backup");
+    ok(&["backup", "init", "--repo", p(&backup)]);
+    let out = berth(&["backup", "create", "--repo", p(&backup), "--data-dir", p(&data)], PASSWORD, &[]);
+    assert!(!out.status.success(), "backing up an encrypted registry without its key");
+    ok_env(&["backup", "create", "--repo", p(&backup), "--data-dir", p(&data)], &[("BERTH_ENCRYPTION_KEY", &k1)]);
+    let key_id = std::fs::read_to_string(data.join("encryption-key-id")).unwrap();
+
+    // Without the key, or with another one: refused, and nothing written.
+    let restored = tmp.path().join("restored");
+    let restore = ["backup", "restore", "latest", "--repo", p(&backup), "--to", p(&restored)];
+    let out = berth(&restore, PASSWORD, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("encrypted at rest") && err.contains(&key_id), "{err}");
+    assert!(!restored.exists(), "a refused restore created {}", restored.display());
+    let out = berth(&restore, PASSWORD, &[("BERTH_ENCRYPTION_KEY", &new_key())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("encrypted with key id {key_id}")), "{err}");
+    assert!(!restored.exists());
+
+    // With it: the restored directory is sealed with that key, refuses to
+    // start without it, and serves the manifest byte for byte.
+    ok_env(&restore, &[("BERTH_ENCRYPTION_KEY", &k1)]);
+    assert_eq!(std::fs::read_to_string(restored.join("encryption-key-id")).unwrap(), key_id);
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", p(&restored)])
+        .env_remove("BERTH_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no key"));
+    {
+        let r = common::Server::start_in(&restored, &[], &[("BERTH_ENCRYPTION_KEY", &k1)]);
+        let got = c.get(format!("{}/v2/secret/app/manifests/v1", r.url)).send().unwrap();
+        assert_eq!(got.headers()["docker-content-digest"], digest.as_str());
+        assert_eq!(got.bytes().unwrap(), manifest);
+        assert_consistent(&c, &r.url);
+    }
+
+    // Under a new key, with the snapshot's as a previous one: the marker
+    // names the old key, so the server re-encrypts at start-up.
+    let (k2, old) = (new_key(), tmp.path().join("old.key"));
+    std::fs::write(&old, &k1).unwrap();
+    let config = tmp.path().join("rotate.toml");
+    std::fs::write(&config, format!("[encryption]\nprevious_key_files = [{:?}]\n", p(&old))).unwrap();
+    let rotated = tmp.path().join("rotated");
+    let out = ok_env(
+        &["backup", "restore", "latest", "--repo", p(&backup), "--to", p(&rotated), "--config", p(&config)],
+        &[("BERTH_ENCRYPTION_KEY", &k2)],
+    );
+    assert!(out.contains("restored"), "{out}");
+    assert_eq!(std::fs::read_to_string(rotated.join("encryption-key-id")).unwrap(), key_id);
+    let r = common::Server::start_in(&rotated, &["--config", p(&config)], &[("BERTH_ENCRYPTION_KEY", &k2)]);
+    assert_eq!(c.get(format!("{}/v2/secret/app/manifests/v1", r.url)).send().unwrap().bytes().unwrap(), manifest);
+    assert_consistent(&c, &r.url);
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(rotated.join("encryption-key-id")).unwrap() == key_id {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no re-encryption:\n{}", r.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn damaged_records_are_listed_apart_and_a_failed_restore_leaves_the_target_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = common::Server::start_in(&tmp.path().join("data"), &[], &[]);
+    let c = common::client();
+    common::push_image(&c, &s.url, "app", "v1");
+    common::push_blob(&c, &s.url, "app", &common::random_bytes(300_000)); // the largest object
+    let backup = tmp.path().join("backup");
+    ok(&["backup", "init", "--repo", p(&backup)]);
+    for t in ["1767571200", "1767574800"] {
+        ok_env(&["backup", "create", "--repo", p(&backup), "--data-dir", p(&s.data_dir)], &[("BERTH_BACKUP_TIME", t)]);
+    }
+    let ids = snapshot_ids(&backup);
+    assert_eq!(ids.len(), 2);
+
+    // One damaged record: the intact one is still listed, the damaged one reported.
+    flip_byte(&backup.join("snapshots").join(&ids[1]), 40);
+    let out = berth(&["backup", "list", "--repo", p(&backup)], PASSWORD, &[]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(stdout.contains(&ids[0]) && !stdout.contains(&ids[1]), "{stdout}");
+    assert!(stderr.contains(&ids[1]) && stderr.contains("1 damaged snapshot record"), "{stderr}");
+    // `latest` cannot be told; the intact snapshot restores by id.
+    let target = tmp.path().join("target");
+    let out = berth(&["backup", "restore", "latest", "--repo", p(&backup), "--to", p(&target)], PASSWORD, &[]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("berth backup list"));
+
+    // A damaged blob fails the restore midway: an existing empty target is
+    // left empty, a new one is not left behind.
+    let victim = objects_by_size(&backup).remove(0);
+    let original = flip_byte(&victim, 150_000);
+    std::fs::create_dir(&target).unwrap();
+    let fresh = tmp.path().join("fresh");
+    for dir in [&target, &fresh] {
+        let out = berth(&["backup", "restore", &ids[0], "--repo", p(&backup), "--to", p(dir)], PASSWORD, &[]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("failed authentication"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(entries(&target), Vec::<String>::new());
+    assert!(!fresh.exists());
+
+    // A key for a registry that did not encrypt is refused too.
+    std::fs::write(&victim, original).unwrap();
+    let out = berth(&["backup", "restore", &ids[0], "--repo", p(&backup), "--to", p(&target)], PASSWORD, &[("BERTH_ENCRYPTION_KEY", &new_key())]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("without encryption at rest"));
+    assert_eq!(entries(&target), Vec::<String>::new());
+
+    // Repaired, the retry goes through into the same target.
+    ok(&["backup", "restore", &ids[0], "--repo", p(&backup), "--to", p(&target)]);
+    let mut names = entries(&target);
+    names.sort();
+    assert!(names.contains(&"metadata.db".to_string()) && !names.iter().any(|n| n.contains("restore")), "{names:?}");
+    let r = common::Server::start_in(&target, &[], &[]);
+    assert_eq!(assert_consistent(&c, &r.url), vec!["app"]);
+}
+
+#[test]
+fn selected_repositories_restore_into_a_tls_only_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = common::Server::start_in(&tmp.path().join("data"), &[], &[]);
+    let c = common::client();
+    common::push_image(&c, &s.url, "team/app", "v1");
+    common::push_image(&c, &s.url, "other", "v1");
+    let backup = tmp.path().join("backup");
+    ok(&["backup", "init", "--repo", p(&backup)]);
+    ok(&["backup", "create", "--repo", p(&backup), "--data-dir", p(&s.data_dir)]);
+
+    let certs = tmp.path().join("certs");
+    ok(&["tls", "self-signed", "--host", "127.0.0.1", "--out", p(&certs)]);
+    let toml = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", p(&certs.join("server.crt")), p(&certs.join("server.key")));
+    let t = common::Server::start_config(tmp.path(), &toml);
+    assert!(t.url.starts_with("https://"), "{}", t.url);
+    let ca = certs.join("ca.crt");
+    let restore = |url: &str, ca: Option<&Path>| {
+        let mut args = vec!["backup", "restore", "latest", "--repo", p(&backup), "--url", url, "--repository", "team/**"];
+        if let Some(ca) = ca {
+            args.extend(["--ca-cert", p(ca)]);
+        }
+        berth(&args, PASSWORD, &[])
+    };
+    let usage = || -> serde_json::Value { serde_json::from_str(&ok(&["usage", "--url", &t.url, "--ca-cert", p(&ca)])).unwrap() };
+
+    // Refused up front: a URL that is not http(s)://HOST:PORT, an untrusted certificate.
+    let out = restore(&t.addr, Some(&ca));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected http://HOST[:PORT] or https://HOST[:PORT]"));
+    let out = restore(&t.url, None);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("GET /v2/"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(usage()["total_bytes"], 0, "nothing was pushed");
+
+    let out = restore(&t.url, Some(&ca));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pushed 2 blobs"), "{}", String::from_utf8_lossy(&out.stdout));
+    let u = usage();
+    assert_eq!(u["repositories"].as_array().unwrap().len(), 1, "{u}");
+    assert_eq!(u["repositories"][0]["name"], "team/app", "{u}");
+    let again = restore(&t.url, Some(&ca));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("pushed 0 blobs"), "{}", String::from_utf8_lossy(&again.stderr));
+}

@@ -887,3 +887,55 @@ fn platform_manifests_of_a_tagged_index_pushed_by_skopeo_stay() {
     let (_, on_disk) = blobs_on_disk(&s.data_dir);
     assert!(on_disk.is_empty(), "{on_disk:?}");
 }
+
+/// `berth gc` and `berth usage` against a TLS-only server: `--url https://…`
+/// with `--ca-cert` (certificates from `berth tls self-signed`); an
+/// untrusted certificate, a CA file with plain HTTP and a URL without a
+/// scheme are refused before anything is collected.
+#[test]
+fn gc_and_usage_through_a_tls_only_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    berth(&["tls", "self-signed", "--host", "127.0.0.1", "--host", "localhost", "--out", certs.to_str().unwrap()], &[]);
+    let data = tmp.path().join("data");
+    let garbage = {
+        let s = Server::start_in(&data, &[], &[]);
+        let c = client();
+        common::push_image(&c, &s.url, "app", "v1");
+        push_blob(&c, &s.url, "app", &random_bytes(5000))
+    };
+    let config = tmp.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[gc]\ninterval_secs = 0\ngrace_secs = 0\n",
+            certs.join("server.crt").display(),
+            certs.join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start_in(&data, &["--config", config.to_str().unwrap()], &[]);
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    let ca = certs.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let fails = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth")).args(args).env_remove("BERTH_CONFIG").output().unwrap();
+        assert!(!out.status.success(), "berth {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fails(&["gc", "--url", &s.url]);
+    assert!(err.to_lowercase().contains("certificate"), "an untrusted certificate: {err}");
+    let err = fails(&["gc", "--url", &format!("http://{}", s.addr), "--ca-cert", ca]);
+    assert!(err.contains("--ca-cert is for https://"), "{err}");
+    let err = fails(&["usage", "--url", &s.addr]);
+    assert!(err.contains("expected http://HOST[:PORT] or https://HOST[:PORT]"), "{err}");
+
+    std::thread::sleep(Duration::from_millis(1100)); // past the zero grace period
+    let dry: Value = serde_json::from_str(&berth(&["gc", "--dry-run", "--url", &s.url, "--ca-cert", ca], &[])).unwrap();
+    assert_eq!(list(&dry, "blobs_deleted"), vec![garbage.clone()]);
+    let real: Value = serde_json::from_str(&berth(&["gc", "--url", &s.url, "--ca-cert", ca], &[])).unwrap();
+    assert_eq!(list(&real, "blobs_deleted"), vec![garbage]);
+    let usage: Value = serde_json::from_str(&berth(&["usage", "--url", &format!("{}/", s.url), "--ca-cert", ca], &[])).unwrap();
+    assert_eq!(usage["repositories"][0]["name"], "app", "{usage}");
+    assert!(usage["total_bytes"].as_u64().unwrap() > 1000, "{usage}");
+}

@@ -18,6 +18,8 @@ use tokio::runtime::Handle;
 pub struct Source {
     pub data_dir: PathBuf,
     pub blobs: Arc<dyn BlobStore>,
+    /// Id of the current encryption-at-rest key, when the source encrypts.
+    pub encryption_key_id: Option<String>,
 }
 
 impl Source {
@@ -150,6 +152,7 @@ pub fn create(repo: &Repository, source: &Source, rt: &Handle, time: Option<i64>
             objects_added,
             bytes_added,
             berth_version: env!("CARGO_PKG_VERSION").to_string(),
+            encryption_keys: source_keys(source),
         };
         repo.write_snapshot(&snapshot)?;
         return Ok(CreateReport { snapshot, blobs_reused: reused, attempts: attempt });
@@ -313,6 +316,61 @@ fn check_empty_target(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The marker a data directory keeps of the key it is sealed with; `berth
+/// serve` refuses to start without that key (see the binary's encryption
+/// module, which reads and writes it).
+pub const KEY_ID_FILE: &str = "encryption-key-id";
+
+/// Ids of the encryption-at-rest keys a data directory holds data under:
+/// its current key, and the one in its marker while a rotation is going on.
+fn source_keys(source: &Source) -> Vec<String> {
+    let marker = std::fs::read_to_string(source.data_dir.join(KEY_ID_FILE)).ok().map(|s| s.trim().to_string());
+    let keys: BTreeSet<String> = source.encryption_key_id.iter().cloned().chain(marker).collect();
+    keys.into_iter().collect()
+}
+
+/// Ids of the keys sealing manifest bodies in a metadata copy.
+fn sealing_keys(view: &SnapshotView) -> anyhow::Result<BTreeSet<String>> {
+    let mut ids = BTreeSet::new();
+    for name in view.repositories()? {
+        for m in view.manifests(&name)? {
+            if let Some(id) = m.stored_body.strip_prefix(berth_crypt::MAGIC).and_then(|rest| rest.get(..8)) {
+                ids.insert(hex::encode(id));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Checks that `keyring` holds every key the snapshot's data is sealed
+/// with; returns their ids (none: the snapshot's registry did not encrypt).
+fn check_keys(snap: &Snapshot, view: &SnapshotView, keyring: Option<&berth_crypt::Keyring>) -> anyhow::Result<BTreeSet<String>> {
+    let mut needed: BTreeSet<String> = snap.encryption_keys.iter().cloned().collect();
+    needed.extend(sealing_keys(view)?);
+    match keyring {
+        None => {
+            if let Some(id) = needed.first() {
+                bail!(
+                    "snapshot {} is of a registry encrypted at rest (key id {id}); give its encryption key \
+                     (--config with an [encryption] section, or BERTH_ENCRYPTION_KEY)",
+                    snap.id
+                );
+            }
+        }
+        Some(ring) => {
+            if let Some(id) = needed.iter().find(|id| !hex::decode(id).is_ok_and(|raw| ring.find(&raw).is_some())) {
+                bail!(
+                    "snapshot {} is encrypted with key id {id}, but the given encryption key has id {}; \
+                     give that key (or list it in encryption.previous_key_files to restore under a new key)",
+                    snap.id,
+                    ring.current().id_hex()
+                );
+            }
+        }
+    }
+    Ok(needed)
+}
+
 /// Decrypts the snapshot's metadata copy into `dest`, checking its hash.
 fn restore_metadata(repo: &Repository, snap: &Snapshot, dest: &Path) -> anyhow::Result<()> {
     let mut r = repo.read_object(&snap.metadata_object).context("metadata of the snapshot")?;
@@ -321,12 +379,13 @@ fn restore_metadata(repo: &Repository, snap: &Snapshot, dest: &Path) -> anyhow::
     if crate::crypto::sha256_hex(&all) != snap.metadata_sha256 {
         bail!("metadata of snapshot {} does not match its recorded SHA-256", snap.id);
     }
-    let tmp = dest.with_extension("restore-tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&all)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dest)?;
-    Ok(())
+    Ok(write_synced(dest, &all)?)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[derive(Debug, Default)]
@@ -336,10 +395,12 @@ pub struct RestoreReport {
     pub manifests: u64,
 }
 
-/// Restores a whole snapshot into an empty data directory. `keyring` is the
-/// target's encryption at rest (manifests in the metadata copy stay as they
-/// were stored, so it must be the source's key when the source encrypted).
-/// Call from a blocking thread.
+/// Restores a whole snapshot into an empty (or absent) data directory.
+/// `keyring` is the target's encryption at rest: required when the
+/// snapshot's registry encrypted (manifests stay sealed in the metadata
+/// copy, so it must hold the source's key), refused when it did not. On
+/// failure everything written is removed again, so the target is left as it
+/// was. Call from a blocking thread.
 pub fn restore_to_dir(
     repo: &Repository,
     snap: &Snapshot,
@@ -348,7 +409,54 @@ pub fn restore_to_dir(
     rt: &Handle,
 ) -> anyhow::Result<RestoreReport> {
     check_empty_target(target)?;
-    std::fs::create_dir_all(target)?;
+    let created = !target.exists();
+    std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let result = restore_into(repo, snap, target, keyring, rt);
+    if result.is_err() {
+        // The target was empty: whatever is in it now is ours.
+        let cleaned = if created {
+            std::fs::remove_dir_all(target)
+        } else {
+            std::fs::read_dir(target).and_then(|entries| {
+                entries.flatten().try_for_each(|e| match e.file_type()?.is_dir() {
+                    true => std::fs::remove_dir_all(e.path()),
+                    false => std::fs::remove_file(e.path()),
+                })
+            })
+        };
+        if let Err(e) = cleaned {
+            tracing::warn!(error = %e, target = %target.display(), "could not remove the files of the failed restore");
+        }
+    }
+    result
+}
+
+fn restore_into(
+    repo: &Repository,
+    snap: &Snapshot,
+    target: &Path,
+    keyring: Option<berth_crypt::Keyring>,
+    rt: &Handle,
+) -> anyhow::Result<RestoreReport> {
+    // Metadata first (into a file the server does not read), so a missing
+    // or wrong key is refused before any blob is written.
+    let metadata = target.join("metadata.db.restore-tmp");
+    restore_metadata(repo, snap, &metadata)?;
+    let needed = check_keys(snap, &SnapshotView::open(&metadata)?, keyring.as_ref())?;
+    // The marker names the key the data is sealed with: the snapshot's older
+    // key when a new current key is given (the server re-encrypts at start-up).
+    let marker = match &keyring {
+        None => None,
+        Some(_) if needed.is_empty() => bail!(
+            "snapshot {} is of a registry without encryption at rest; restore it without an encryption key \
+             (its plaintext manifests cannot be served from an encrypted data directory)",
+            snap.id
+        ),
+        Some(ring) => {
+            let current = ring.current().id_hex();
+            Some(needed.into_iter().find(|id| *id != current).unwrap_or(current))
+        }
+    };
     let store = Arc::new(rt.block_on(FsBlobStore::open_with(target, keyring))?);
     let mut report = RestoreReport::default();
     for b in &snap.blobs {
@@ -401,8 +509,12 @@ pub fn restore_to_dir(
         report.blobs += 1;
         report.bytes += n;
     }
+    if let Some(id) = marker {
+        write_synced(&target.join(KEY_ID_FILE), id.as_bytes())?;
+    }
     // Metadata last: until it is in place the directory holds no visible data.
-    restore_metadata(repo, snap, &target.join("metadata.db"))?;
+    std::fs::rename(&metadata, target.join("metadata.db"))?;
+    std::fs::File::open(target)?.sync_all()?;
     report.manifests = snap.manifests;
     Ok(report)
 }
@@ -420,43 +532,63 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     m(pattern.as_bytes(), name.as_bytes())
 }
 
+/// An answer of the target registry, as [`restore_http`] needs it.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub location: Option<String>,
+    pub text: String,
+}
+
+/// The HTTP client [`restore_http`] talks through (the binary's own, with
+/// TLS and credentials). `path` is a path and query from `/`.
+pub trait Http {
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<HttpAnswer>;
+}
+
+/// The path and query of an upload `Location` (absolute or not).
+fn path_of(location: &str) -> String {
+    match location.split_once("://") {
+        Some((_, rest)) => rest.find('/').map(|i| rest[i..].to_string()).unwrap_or_else(|| "/".into()),
+        None => location.to_string(),
+    }
+}
+
 /// Pushes the repositories of a snapshot matching `pattern` into a running
-/// registry at `url` over the Distribution API. `keyring` opens manifest
-/// bodies when the source encrypted them at rest. Call outside any async runtime.
+/// registry over the Distribution API. `keyring` opens manifest bodies when
+/// the source encrypted them at rest. Call outside any async runtime.
 pub fn restore_http(
     repo: &Repository,
     snap: &Snapshot,
-    url: &str,
+    http: &mut dyn Http,
     pattern: &str,
     keyring: Option<&berth_crypt::Keyring>,
-    credentials: Option<(String, String)>,
 ) -> anyhow::Result<RestoreReport> {
     let tmp = std::env::temp_dir().join(format!("berth-restore-{:016x}.db", rand::random::<u64>()));
     let _cleanup = RemoveOnDrop(tmp.clone());
     restore_metadata(repo, snap, &tmp)?;
     let view = SnapshotView::open(&tmp)?;
-    let url = url.trim_end_matches('/');
-    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(600)).build()?;
-    let auth = |r: reqwest::blocking::RequestBuilder| match &credentials {
-        Some((u, p)) => r.basic_auth(u, Some(p)),
-        None => r,
-    };
-    let mut report = RestoreReport::default();
+    check_keys(snap, &view, keyring)?;
     let repos: Vec<String> = view.repositories()?.into_iter().filter(|r| glob_match(pattern, r)).collect();
     if repos.is_empty() {
         bail!("no repository in snapshot {} matches {pattern:?}", snap.id);
     }
+    // Reachable, trusted (TLS) and authorized before anything is pushed.
+    let probe = http.send("GET", "/v2/", &[], b"")?;
+    if probe.status != 200 {
+        bail!("GET /v2/: HTTP {} {}", probe.status, probe.text);
+    }
+    let mut report = RestoreReport::default();
     for name in &repos {
         for (digest, size) in view.repo_blobs(name)? {
-            let head = auth(client.head(format!("{url}/v2/{name}/blobs/{digest}"))).send()?;
-            if head.status().is_success() {
+            let head = http.send("HEAD", &format!("/v2/{name}/blobs/{digest}"), &[], b"")?;
+            if (200..300).contains(&head.status) {
                 continue;
             }
-            let start = auth(client.post(format!("{url}/v2/{name}/blobs/uploads/"))).send()?;
-            if start.status().as_u16() != 202 {
-                bail!("{name}: starting an upload: HTTP {}", start.status());
+            let start = http.send("POST", &format!("/v2/{name}/blobs/uploads/"), &[], b"")?;
+            if start.status != 202 {
+                bail!("{name}: starting an upload: HTTP {} {}", start.status, start.text);
             }
-            let mut location = absolute(url, start.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or(""));
+            let mut location = path_of(start.location.as_deref().unwrap_or(""));
             let mut reader = repo.read_object(&repo.blob_object(&digest.to_string()))?;
             let (mut h, mut n) = (Hasher::new(digest.algorithm()), 0u64);
             loop {
@@ -474,24 +606,24 @@ pub fn restore_http(
                 }
                 buf.truncate(filled);
                 h.update(&buf);
-                let resp = auth(client.patch(&location))
-                    .header("Content-Type", "application/octet-stream")
-                    .header("Content-Range", format!("{}-{}", n, n + filled as u64 - 1))
-                    .body(buf)
-                    .send()?;
-                if resp.status().as_u16() != 202 {
-                    bail!("{name}: uploading blob {digest}: HTTP {}", resp.status());
+                let range = format!("{}-{}", n, n + filled as u64 - 1);
+                let headers = [("Content-Type", "application/octet-stream"), ("Content-Range", range.as_str())];
+                let resp = http.send("PATCH", &location, &headers, &buf)?;
+                if resp.status != 202 {
+                    bail!("{name}: uploading blob {digest}: HTTP {} {}", resp.status, resp.text);
                 }
                 n += filled as u64;
-                location = absolute(url, resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or(&location));
+                if let Some(l) = resp.location {
+                    location = path_of(&l);
+                }
             }
             if h.finish() != digest || n != size {
                 bail!("blob {digest} in the backup does not match its digest; refusing to restore it");
             }
             let sep = if location.contains('?') { '&' } else { '?' };
-            let resp = auth(client.put(format!("{location}{sep}digest={digest}"))).send()?;
-            if resp.status().as_u16() != 201 {
-                bail!("{name}: completing blob {digest}: HTTP {}", resp.status());
+            let resp = http.send("PUT", &format!("{location}{sep}digest={digest}"), &[], b"")?;
+            if resp.status != 201 {
+                bail!("{name}: completing blob {digest}: HTTP {} {}", resp.status, resp.text);
             }
             report.blobs += 1;
             report.bytes += n;
@@ -507,22 +639,15 @@ pub fn restore_http(
             }
             pending = rest;
             for m in ready {
-                let body = if m.stored_body.starts_with(berth_crypt::MAGIC) {
-                    let ring = keyring.ok_or_else(|| {
-                        anyhow!("manifests in this snapshot are encrypted at rest; give the source's encryption key (--config)")
-                    })?;
-                    berth_crypt::open_value(ring, &m.stored_body)?
-                } else {
-                    m.stored_body.clone()
+                let body = match keyring {
+                    Some(ring) if m.stored_body.starts_with(berth_crypt::MAGIC) => berth_crypt::open_value(ring, &m.stored_body)?,
+                    _ => m.stored_body.clone(),
                 };
                 let refs: Vec<String> = if m.tags.is_empty() { vec![m.digest.to_string()] } else { m.tags.clone() };
                 for reference in refs {
-                    let resp = auth(client.put(format!("{url}/v2/{name}/manifests/{reference}")))
-                        .header("Content-Type", &m.media_type)
-                        .body(body.clone())
-                        .send()?;
-                    if resp.status().as_u16() != 201 {
-                        bail!("{name}: manifest {}: HTTP {} {}", m.digest, resp.status(), resp.text().unwrap_or_default());
+                    let resp = http.send("PUT", &format!("/v2/{name}/manifests/{reference}"), &[("Content-Type", &m.media_type)], &body)?;
+                    if resp.status != 201 {
+                        bail!("{name}: manifest {}: HTTP {} {}", m.digest, resp.status, resp.text);
                     }
                 }
                 done.insert(m.digest.clone());
@@ -531,14 +656,6 @@ pub fn restore_http(
         }
     }
     Ok(report)
-}
-
-fn absolute(base: &str, location: &str) -> String {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        location.to_string()
-    } else {
-        format!("{base}{location}")
-    }
 }
 
 #[derive(Debug, Default)]

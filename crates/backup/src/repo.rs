@@ -46,6 +46,12 @@ pub struct Snapshot {
     pub objects_added: u64,
     pub bytes_added: u64,
     pub berth_version: String,
+    /// Ids of the encryption-at-rest keys of the source: its current key and
+    /// every key sealing a manifest body in the metadata copy. A restore
+    /// into a data directory needs all of them. Empty: not encrypted (or a
+    /// record from before this field; restore then looks at the copy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encryption_keys: Vec<String>,
 }
 
 pub struct Repository {
@@ -251,17 +257,35 @@ impl Repository {
         Ok(snap)
     }
 
-    /// Every readable snapshot, oldest first; fails if any record is unreadable.
+    /// Every snapshot, oldest first; fails if any record is unreadable.
     pub fn snapshots(&self) -> anyhow::Result<Vec<Snapshot>> {
-        let mut out = self.snapshot_ids()?.iter().map(|id| self.read_snapshot(id)).collect::<anyhow::Result<Vec<_>>>()?;
-        out.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
-        Ok(out)
+        let (snaps, damaged) = self.scan_snapshots()?;
+        if let Some(e) = damaged.into_iter().next() {
+            return Err(e);
+        }
+        Ok(snaps)
+    }
+
+    /// The readable snapshots, oldest first, and the error of each record
+    /// that could not be read.
+    pub fn scan_snapshots(&self) -> anyhow::Result<(Vec<Snapshot>, Vec<anyhow::Error>)> {
+        let (mut snaps, mut damaged) = (Vec::new(), Vec::new());
+        for id in self.snapshot_ids()? {
+            match self.read_snapshot(&id) {
+                Ok(s) => snaps.push(s),
+                Err(e) => damaged.push(e),
+            }
+        }
+        snaps.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        Ok((snaps, damaged))
     }
 
     /// Finds a snapshot by id, unique id prefix, or `latest`.
     pub fn find_snapshot(&self, which: &str) -> anyhow::Result<Snapshot> {
         if which == "latest" {
-            return self.snapshots()?.pop().ok_or_else(|| anyhow!("the backup repository has no snapshots"));
+            // Refused when a record is damaged: it may have been the latest.
+            let snaps = self.snapshots().context("cannot tell which snapshot is the latest (`berth backup list` shows the intact ones; restore one by id)")?;
+            return snaps.into_iter().next_back().ok_or_else(|| anyhow!("the backup repository has no snapshots"));
         }
         let ids: Vec<String> = self.snapshot_ids()?.into_iter().filter(|id| id.starts_with(which)).collect();
         match ids.as_slice() {
