@@ -22,6 +22,10 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = &config.storage.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    // Held until the server exits: a second server, or `berth gc
+    // --data-dir`, on the same directory is refused.
+    let _lock = berth_storage::DataDirLock::acquire(data_dir)
+        .context("another berth server (or a berth gc --data-dir) is using this data directory")?;
     let encryption = crate::encryption::setup(&config.encryption, data_dir)?;
     if encryption.keyring.is_some() {
         tracing::info!("encryption at rest is on");

@@ -89,3 +89,40 @@ fn idle_uploads_expire_and_their_data_is_removed() {
     assert!(gone, "upload never expired");
     assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0, "upload data left behind");
 }
+
+#[test]
+fn one_process_owns_a_data_directory() {
+    let s = Server::start();
+    let c = client();
+    push_image(&c, &s.url, "locked/app", "v1");
+    let berth = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env_remove("BERTH_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let dir = s.data_dir.to_str().unwrap();
+    let second = berth(&["serve", "--listen", "127.0.0.1:0", "--data-dir", dir]);
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use"), "{err}");
+    let gc = berth(&["gc", "--data-dir", dir]);
+    assert!(!gc.status.success());
+    let err = String::from_utf8_lossy(&gc.stderr);
+    assert!(err.contains("--url"), "{err}");
+    // The running server was not disturbed.
+    assert_eq!(c.get(format!("{}/v2/locked/app/manifests/v1", s.url)).send().unwrap().status(), 200);
+}
+
+#[test]
+fn responses_carry_browser_safety_headers() {
+    let s = Server::start();
+    let c = client();
+    for path in ["/v2/", "/", "/v2/nothing/manifests/x"] {
+        let r = c.get(format!("{}{path}", s.url)).send().unwrap();
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{path}: {csp}");
+    }
+}

@@ -1060,6 +1060,25 @@ fn manifest_etag_and_if_none_match() {
 }
 
 #[test]
+fn only_manifest_media_types_are_stored() {
+    let s = Server::start();
+    let c = client();
+    let m = image_manifest(&s, &c, "mt/page");
+    let mut v: Value = serde_json::from_slice(&m).unwrap();
+    v.as_object_mut().unwrap().remove("mediaType");
+    v["annotations"] = json!({"x": "<script>alert(1)</script>"});
+    let body = serde_json::to_vec(&v).unwrap();
+    for ct in ["text/html", "application/json", "image/svg+xml"] {
+        let e = assert_error(put_manifest(&s, &c, "mt/page", "page", ct, &body), 400, &["MANIFEST_INVALID"]);
+        assert!(e["errors"][0]["message"].as_str().unwrap().contains("not a manifest media type"), "{e}");
+    }
+    assert_error(get(&s, &c, "/v2/mt/page/manifests/page"), 404, &["MANIFEST_UNKNOWN"]);
+    // Without a mediaType in the body, a manifest Content-Type is what is served.
+    put_manifest_ok(&s, &c, "mt/page", "page", OCI_MANIFEST, &body);
+    assert_eq!(must_hdr(&get(&s, &c, "/v2/mt/page/manifests/page"), "content-type"), OCI_MANIFEST);
+}
+
+#[test]
 fn content_type_is_compared_without_case() {
     let s = Server::start();
     let c = client();

@@ -96,6 +96,8 @@ pub enum ManifestError {
     MediaTypeMismatch { content_type: String, media_type: String },
     #[error("{0}")]
     Shape(&'static str),
+    #[error("{0:?} is not a manifest media type: use {OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST} or {DOCKER_MANIFEST_LIST}")]
+    UnknownMediaType(String),
 }
 
 impl ParsedManifest {
@@ -135,12 +137,13 @@ impl ParsedManifest {
         if matches!(media_type.as_str(), DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED) {
             return Err(ManifestError::Schema1);
         }
+        // Only the four manifest formats: the stored media type is served
+        // back as Content-Type, so anything else (text/html…) would let a
+        // pusher serve pages from the registry's origin.
         let kind = match media_type.as_str() {
             OCI_INDEX | DOCKER_MANIFEST_LIST => ManifestKind::Index,
             OCI_MANIFEST | DOCKER_MANIFEST => ManifestKind::Image,
-            // Another manifest format: judge by its shape.
-            _ if raw.manifests.is_some() => ManifestKind::Index,
-            _ => ManifestKind::Image,
+            _ => return Err(ManifestError::UnknownMediaType(media_type)),
         };
         match kind {
             ManifestKind::Image => {

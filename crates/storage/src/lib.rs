@@ -4,9 +4,11 @@
 //! visible to clients: that is the metadata store's job.
 
 mod fs;
+mod lock;
 mod sealed;
 
 pub use fs::FsBlobStore;
+pub use lock::{DataDirLock, LOCK_FILE};
 
 use async_trait::async_trait;
 use berth_oci::Digest;
