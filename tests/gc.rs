@@ -483,6 +483,54 @@ keep_tags = ["release-.*"]
     }
 }
 
+/// Pushes a cosign-style signature of `subject` under `sha256-<hex>.sig`.
+fn push_cosign_signature(c: &Client, url: &str, repo: &str, subject: &str) {
+    let payload = format!(r#"{{"critical":{{"image":{{"docker-manifest-digest":"{subject}"}}}}}}"#).into_bytes();
+    let layer = common::push_blob(c, url, repo, &payload);
+    let config = common::push_blob(c, url, repo, b"{}");
+    let m = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": layer,
+            "size": payload.len(), "annotations": {"dev.cosignproject.cosign/signature": "AAAA"}}]});
+    let tag = format!("{}.sig", subject.replace(':', "-"));
+    let (status, body) = put_manifest(c, url, repo, &tag, m.to_string().as_bytes(), "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(status, 201, "{body}");
+}
+
+#[test]
+fn retention_ignores_signature_tags_and_takes_them_with_their_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        tmp.path(),
+        "[gc]\ninterval_secs = 0\ngrace_secs = 0\n[[registry.retention]]\nrepositories = [\"ci/**\"]\nkeep_last = 2\n",
+    );
+    let c = client();
+    let url = &s.url;
+    let mut digests = Vec::new();
+    for tag in ["t1", "t2", "t3"] {
+        digests.push(common::push_image(&c, url, "ci/signed", tag).1);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // Signed after the images: the newest tags are signature tags.
+    for d in &digests {
+        push_cosign_signature(&c, url, "ci/signed", d);
+    }
+    let sig = |d: &String| format!("{}.sig", d.replace(':', "-"));
+    let dry = gc(&c, url, true);
+    let mut expected = vec!["ci/signed:t1".to_string(), format!("ci/signed:{}", sig(&digests[0]))];
+    expected.sort();
+    let mut got = list(&dry, "tags_deleted");
+    got.sort();
+    assert_eq!(got, expected);
+    let real = gc(&c, url, false);
+    assert_eq!(plan_of(&dry), plan_of(&real));
+    assert_eq!(list(&real, "manifests_deleted").len(), 2, "{real}");
+    let tags: Value = c.get(format!("{url}/v2/ci/signed/tags/list")).send().unwrap().json().unwrap();
+    let mut want = vec![sig(&digests[1]), sig(&digests[2]), "t2".into(), "t3".into()];
+    want.sort();
+    assert_eq!(tags["tags"], json!(want));
+}
+
 #[test]
 fn immutable_tags_cannot_move_or_be_deleted() {
     let tmp = tempfile::tempdir().unwrap();

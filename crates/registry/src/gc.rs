@@ -95,6 +95,14 @@ pub(crate) struct Plan {
     pub blobs: Vec<(Digest, u64)>,
 }
 
+/// The subject digest a cosign tag (`sha256-<hex>.sig`, `.att`, `.sbom`)
+/// names, as `sha256:<hex>`.
+fn cosign_subject(tag: &str) -> Option<String> {
+    let hex = tag.strip_prefix("sha256-")?;
+    let hex = [".sig", ".att", ".sbom"].iter().find_map(|s| hex.strip_suffix(s))?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
+}
+
 /// Decides, from one snapshot, everything a run at `now` removes.
 pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
     let grace_cutoff = now - policies.gc.grace.as_secs() as i64;
@@ -105,30 +113,23 @@ pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
     let mut needed: HashSet<&Digest> = HashSet::new();
     for repo in &snap.repos {
         // 1. Retention: the first policy matching the repository decides.
+        // cosign's `sha256-<hex>.sig` (and .att, .sbom) tags are not
+        // versions of the image: they neither count towards keep_last nor
+        // expire on their own; they go with their subject below.
         let mut removed: HashSet<String> = HashSet::new();
         if let Some(policy) = policies.retention_for(&repo.name).next() {
-            let tags: Vec<(String, i64)> = repo.tags.iter().map(|t| (t.name.clone(), t.updated_at)).collect();
+            let tags: Vec<(String, i64)> = repo
+                .tags
+                .iter()
+                .filter(|t| cosign_subject(&t.name).is_none())
+                .map(|t| (t.name.clone(), t.updated_at))
+                .collect();
             for name in policy.expired(&tags, now) {
                 if !policies.is_immutable(&repo.name, name) {
                     removed.insert(name.to_string());
                 }
             }
         }
-        let mut tagged: HashSet<&Digest> = HashSet::new();
-        let mut was_tagged: HashSet<&Digest> = HashSet::new();
-        for t in &repo.tags {
-            was_tagged.insert(&t.digest);
-            if removed.contains(&t.name) {
-                out.tags.push((repo.name.clone(), t.name.clone(), t.digest.clone()));
-            } else {
-                tagged.insert(&t.digest);
-            }
-        }
-        let exempt: HashSet<&Digest> = was_tagged.difference(&tagged).copied().collect();
-
-        // 2. Manifests: live ones are reachable from roots through index
-        // children, subjects and (when referrers follow their subject)
-        // referrers.
         let present: HashSet<&Digest> = repo.manifests.iter().map(|m| &m.digest).collect();
         let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
         for m in &repo.manifests {
@@ -138,36 +139,69 @@ pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
         }
         let by_digest: HashMap<&Digest, &berth_meta::ManifestNode> =
             repo.manifests.iter().map(|m| (&m.digest, m)).collect();
-        let fresh = |m: &berth_meta::ManifestNode| {
-            !exempt.contains(&m.digest) && untagged_cutoff.is_none_or(|c| m.last_seen > c)
-        };
-        let mut live: HashSet<&Digest> = HashSet::new();
-        let mut queue: Vec<&Digest> = Vec::new();
-        for m in &repo.manifests {
-            let root = tagged.contains(&m.digest)
-                || match &m.subject {
-                    None => fresh(m),
-                    Some(_) if !follow => true,
-                    Some(s) if present.contains(s) => false,
-                    Some(_) => fresh(m),
-                };
-            if root && live.insert(&m.digest) {
-                queue.push(&m.digest);
-            }
-        }
-        while let Some(d) = queue.pop() {
-            let Some(m) = by_digest.get(d) else { continue };
-            // Children, referrers (which follow their subject), and the
-            // subject itself: a kept referrer keeps what it refers to.
-            let next = m
-                .children
-                .iter()
-                .chain(referrers.get(d).into_iter().flatten().copied())
-                .chain(m.subject.iter());
-            for n in next {
-                if present.contains(n) && live.insert(n) {
-                    queue.push(n);
+        // 2. Manifests: live ones are reachable from roots (tagged, or
+        // untagged but young) through index children, subjects and (when
+        // referrers follow their subject) referrers. When a subject dies,
+        // its cosign tags are removed too and liveness is computed again.
+        let (exempt, live) = loop {
+            let tagged: HashSet<&Digest> =
+                repo.tags.iter().filter(|t| !removed.contains(&t.name)).map(|t| &t.digest).collect();
+            let exempt: HashSet<&Digest> =
+                repo.tags.iter().map(|t| &t.digest).filter(|d| !tagged.contains(d)).collect();
+            let fresh = |m: &berth_meta::ManifestNode| {
+                !exempt.contains(&m.digest) && untagged_cutoff.is_none_or(|c| m.last_seen > c)
+            };
+            let mut live: HashSet<&Digest> = HashSet::new();
+            let mut queue: Vec<&Digest> = Vec::new();
+            for m in &repo.manifests {
+                let root = tagged.contains(&m.digest)
+                    || match &m.subject {
+                        None => fresh(m),
+                        Some(_) if !follow => true,
+                        Some(s) if present.contains(s) => false,
+                        Some(_) => fresh(m),
+                    };
+                if root && live.insert(&m.digest) {
+                    queue.push(&m.digest);
                 }
+            }
+            while let Some(d) = queue.pop() {
+                let Some(m) = by_digest.get(d) else { continue };
+                // Children, referrers (which follow their subject), and the
+                // subject itself: a kept referrer keeps what it refers to.
+                let next = m
+                    .children
+                    .iter()
+                    .chain(referrers.get(d).into_iter().flatten().copied())
+                    .chain(m.subject.iter());
+                for n in next {
+                    if present.contains(n) && live.insert(n) {
+                        queue.push(n);
+                    }
+                }
+            }
+            let orphaned: Vec<String> = if follow {
+                repo.tags
+                    .iter()
+                    .filter(|t| !removed.contains(&t.name))
+                    .filter(|t| {
+                        cosign_subject(&t.name).is_some_and(|s| {
+                            present.iter().any(|p| p.to_string() == s && !live.contains(*p))
+                        })
+                    })
+                    .map(|t| t.name.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if orphaned.is_empty() {
+                break (exempt, live);
+            }
+            removed.extend(orphaned);
+        };
+        for t in &repo.tags {
+            if removed.contains(&t.name) {
+                out.tags.push((repo.name.clone(), t.name.clone(), t.digest.clone()));
             }
         }
         let mut dead: Vec<Digest> =
