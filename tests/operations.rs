@@ -126,3 +126,21 @@ fn responses_carry_browser_safety_headers() {
         assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{path}: {csp}");
     }
 }
+
+#[test]
+fn cross_site_form_posts_are_refused() {
+    let s = Server::start();
+    let c = client();
+    let r = c
+        .post(format!("{}/admin/gc", s.url))
+        .header("Origin", "https://evil.example")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("x=1")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["errors"][0]["code"], "DENIED");
+    let r = c.post(format!("{}/admin/gc?dry_run=true", s.url)).send().unwrap();
+    assert_eq!(r.status(), 200);
+}

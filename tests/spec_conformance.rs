@@ -309,6 +309,13 @@ fn blob_range_requests() {
     assert_eq!(must_hdr(&r, "content-range"), "bytes 900-999/1000");
     assert_eq!(r.bytes().unwrap().as_ref(), &data[900..]);
 
+    // Ranges that do not parse are ignored: the whole blob.
+    for spec in ["bytes=abc", "bytes=-", "bytes=5-2", "bytes=1-2,5-6", "items=0-1"] {
+        let r = range(spec);
+        assert_eq!(r.status(), 200, "{spec}");
+        assert_eq!(r.bytes().unwrap().as_ref(), &data[..], "{spec}");
+    }
+
     // Unsatisfiable: starts at or past the end.
     for spec in ["bytes=1000-", "bytes=2000-3000"] {
         let r = range(spec);

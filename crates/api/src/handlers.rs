@@ -225,21 +225,23 @@ fn header_str<'a>(headers: &'a HeaderMap, name: HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `Range: bytes=a-b` for blob reads. Multiple ranges are not supported and
-/// are answered with the whole blob, as HTTP allows.
+/// `Range: bytes=a-b` for blob reads. A header that does not parse, and
+/// multiple ranges, are ignored: the whole blob is served, as HTTP allows.
+/// A well-formed range outside the blob is the registry's 416.
 fn parse_range(headers: &HeaderMap) -> Result<Option<(Option<u64>, Option<u64>)>> {
     let Some(v) = header_str(headers, header::RANGE) else { return Ok(None) };
-    let bad = || ApiError::Registry(berth_registry::RegistryError::RangeNotSatisfiable { size: 0 });
     let Some(spec) = v.trim().strip_prefix("bytes=") else { return Ok(None) };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let num = |s: &str| -> Result<Option<u64>> {
+    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
+    let num = |s: &str| -> Option<Option<u64>> {
         let s = s.trim();
-        if s.is_empty() { Ok(None) } else { s.parse().map(Some).map_err(|_| bad()) }
+        if s.is_empty() { Some(None) } else { s.parse().ok().map(Some) }
     };
-    Ok(Some((num(a)?, num(b)?)))
+    Ok(match (num(a), num(b)) {
+        (Some(Some(first)), Some(Some(last))) if last < first => None,
+        (Some(None), Some(None)) => None,
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => None,
+    })
 }
 
 /// `Content-Range: <start>-<end>` on upload chunks (a `bytes ` prefix is

@@ -48,8 +48,59 @@ pub fn app(state: ApiState) -> axum::Router {
 }
 
 async fn dispatch(State(state): State<ApiState>, req: Request<Body>) -> Response<Body> {
+    if is_cross_site_write(&req) {
+        return error::ApiError::Registry(berth_registry::RegistryError::Denied(
+            "cross-site request refused: changes come from registry clients or pages of this registry".into(),
+        ))
+        .into_response();
+    }
     if let Some(incoming) = web::Incoming::of(&req) {
         return web::handle(&state, incoming).await;
     }
     handlers::handle(state, req).await
+}
+
+/// A request that changes something, sent by a browser on behalf of a page
+/// from another site: a plain form can POST without a preflight, and the
+/// browser would attach the credentials it holds for the registry. Registry
+/// clients send neither header, so only browsers are affected.
+fn is_cross_site_write(req: &Request<Body>) -> bool {
+    use axum::http::{header, Method};
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return false;
+    }
+    let headers = req.headers();
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host != Some(origin_host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut b = Request::builder().method(method).uri("/admin/gc");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn cross_site_writes_are_recognized() {
+        assert!(!is_cross_site_write(&req("POST", &[("host", "reg:5000")])));
+        assert!(!is_cross_site_write(&req("POST", &[("host", "reg:5000"), ("origin", "https://reg:5000")])));
+        assert!(is_cross_site_write(&req("POST", &[("host", "reg:5000"), ("origin", "https://evil.example")])));
+        assert!(is_cross_site_write(&req("DELETE", &[("host", "reg:5000"), ("sec-fetch-site", "cross-site")])));
+        assert!(!is_cross_site_write(&req("DELETE", &[("host", "reg:5000"), ("sec-fetch-site", "same-origin")])));
+        assert!(!is_cross_site_write(&req("GET", &[("host", "reg:5000"), ("origin", "https://evil.example")])));
+    }
 }
