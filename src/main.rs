@@ -257,9 +257,11 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 fn user(command: UserCommand) -> anyhow::Result<()> {
-    use berth_auth::htpasswd::update_file;
+    use berth_auth::htpasswd::{check_user_name, update_file};
     let (name, file, result) = match command {
         UserCommand::Add { name, file } => {
+            // Refused before a password is asked for.
+            check_user_name(&name).map_err(|e| anyhow::anyhow!(e))?;
             let pw = read_password()?;
             let r = update_file(&file, &name, Some(&pw), Some(false));
             (name, file, r.map(|()| "added"))

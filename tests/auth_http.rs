@@ -661,6 +661,10 @@ fn expired_tampered_and_foreign_tokens_are_refused() {
     let good = sign(&key, es256, &claims("berth", "admin", now() + 600, push_access(repo)));
     assert_eq!(try_push(&s, repo, &good).status(), 202);
 
+    // Expired 20 s ago: beyond the 10 s leeway.
+    let r = try_push(&s, repo, &sign(&key, es256, &claims("berth", "admin", now() - 20, push_access(repo))));
+    assert_eq!(r.status(), 401, "token expired 20 s ago");
+
     // Expired an hour ago, well beyond any leeway.
     let expired = sign(&key, es256, &claims("berth", "admin", now() - 3600, push_access(repo)));
     let r = try_push(&s, repo, &expired);
@@ -740,9 +744,230 @@ fn trusted_external_issuers_are_accepted() {
         let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
         let forged = sign(&other, jsonwebtoken::Algorithm::ES256, &claims(issuer, "ci-bot", now() + 600, push_access(&repo)));
         assert_eq!(try_push(&s, &repo, &forged).status(), 401, "{issuer} with a foreign key");
+        // `jti` (like `sub`, `nbf` and `iat`) is optional in JWT.
+        let mut minimal = claims(issuer, "ci-bot", now() + 600, push_access(&repo));
+        for claim in ["jti", "nbf", "iat"] {
+            minimal.as_object_mut().unwrap().remove(claim);
+        }
+        let r = try_push(&s, &repo, &sign(&kp.serialize_pem(), alg, &minimal));
+        assert_eq!(r.status(), 202, "{issuer} without jti: {}", r.text().unwrap_or_default());
         // Expired tokens from a trusted issuer are refused too.
         let old = sign(&kp.serialize_pem(), alg, &claims(issuer, "ci-bot", now() - 3600, push_access(&repo)));
         assert_eq!(try_push(&s, &repo, &old).status(), 401, "{issuer} expired");
     }
 }
 
+
+// ---- user names, reloads, unions, audit, web routes, headers ----
+
+/// Runs `berth user <command> <name> --file <path>`, with `password` on stdin.
+fn berth_user(command: &str, name: &str, path: &std::path::Path, password: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["user", command, name, "--file"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The command may refuse before reading it.
+    let _ = writeln!(child.stdin.take().unwrap(), "{password}");
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn user_names_that_could_act_as_globs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("htpasswd");
+    for bad in ["*", "**", "bob/x", "a:b", "{user}", "a b", ""] {
+        let out = berth_user("add", bad, &path, "pw");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(err.contains("invalid user name") && err.contains("letters, digits"), "{bad:?}: {err}");
+    }
+    assert!(!path.exists(), "nothing was written");
+    assert!(berth_user("add", "ci-bot.1@example.com", &path, "pw").status.success());
+
+    // A file with such a name stops start-up, naming the line.
+    let good = std::fs::read_to_string(&path).unwrap();
+    let hash = good.split_once(':').unwrap().1.trim();
+    std::fs::write(&path, format!("{good}**:{hash}\n")).unwrap();
+    let config = dir.path().join("berth.toml");
+    std::fs::write(&config, format!("[auth]\nmode = \"basic\"\nhtpasswd = \"{}\"\n", path.display())).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("BERTH_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("berth started with a user named `**`");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("line 2") && err.contains("invalid user name \"**\""), "{err}");
+}
+
+/// Retries `check` for a while: the htpasswd file is looked at every 2 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 15 s");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn password_changes_and_removals_need_no_restart() {
+    let s = start("token", true, 100, "");
+    let c = common::client();
+    let htpasswd = s._dir.path().join("htpasswd");
+    let probe = |u: &'static str, p: &'static str| request(&c, Method::GET, &s.url("/v2/"), &Cred::Basic(u, p)).send().unwrap().status().as_u16();
+    let refresh_token = |u: &str, p: &str| -> String {
+        let r = c
+            .post(s.url("/token"))
+            .form(&[("grant_type", "password"), ("username", u), ("password", p), ("service", SERVICE), ("access_type", "offline")])
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().unwrap()["refresh_token"].as_str().unwrap().to_string()
+    };
+    let refresh = |t: &str| {
+        let form = [("grant_type", "refresh_token"), ("refresh_token", t), ("service", SERVICE), ("scope", "repository:users/alice/x:pull")];
+        c.post(s.url("/token")).form(&form).send().unwrap()
+    };
+    assert_eq!(probe("alice", "alice-pw"), 200, "remembered from now on");
+    let alice_refresh = refresh_token("alice", "alice-pw");
+    let bob_refresh = refresh_token("bob", "bob-pw");
+    assert_eq!(refresh(&alice_refresh).status(), 200);
+
+    assert!(berth_user("passwd", "alice", &htpasswd, "alice-new").status.success());
+    eventually("the old password stops working", || probe("alice", "alice-pw") == 401);
+    assert_eq!(probe("alice", "alice-new"), 200);
+    let r = refresh(&alice_refresh);
+    assert_eq!(r.status(), 401, "a refresh token from before the change");
+    assert!(r.text().unwrap().contains("password changed"));
+    assert_eq!(refresh(&refresh_token("alice", "alice-new")).status(), 200, "a new one works");
+    assert_eq!(refresh(&bob_refresh).status(), 200, "other users' tokens are unaffected");
+
+    assert!(berth_user("remove", "bob", &htpasswd, "").status.success());
+    eventually("a removed user is refused", || probe("bob", "bob-pw") == 401);
+    assert_eq!(refresh(&bob_refresh).status(), 401, "a removed user's refresh token");
+
+    // A broken file keeps the users last loaded, and says so in the log.
+    std::fs::write(&htpasswd, "not an htpasswd file\n").unwrap();
+    // (The file is looked at when a password is checked.)
+    eventually("the broken file is reported", || probe("alice", "alice-new") == 200 && s.server.stderr().contains("htpasswd not reloaded"));
+    assert_eq!(probe("bob", "bob-pw"), 401);
+    assert!(!s.server.stderr().contains("alice-new"), "no secret is logged");
+}
+
+#[test]
+fn authenticated_callers_keep_anonymous_access() {
+    // `open/**` is for anonymous callers only; no rule names bob there.
+    let extra = "\n[[auth.rules]]\nrepositories = [\"open/**\"]\nactions = [\"pull\"]\nanonymous = true\n";
+    for mode in ["basic", "token"] {
+        let s = start(mode, false, 100, extra);
+        let c = common::client();
+        push_image(&s, "open/app", "v1", &user("admin"));
+        push_image(&s, "users/bob/app", "v1", &user("admin"));
+        let get = |path: &str, cred: &Cred| request(&c, Method::GET, &s.url(path), cred).send().unwrap();
+        assert_eq!(get("/v2/open/app/manifests/v1", &Cred::Anonymous).status(), 200, "{mode}");
+        assert_eq!(get("/v2/open/app/manifests/v1", &user("bob")).status(), 200, "{mode}: Basic");
+        let names = |v: Value, key: &str, field: &str| -> BTreeSet<String> {
+            v[key].as_array().unwrap().iter().map(|x| if field.is_empty() { x } else { &x[field] }.as_str().unwrap().to_string()).collect()
+        };
+        let set = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let bob_sees = set(&["open/app", "users/bob/app"]);
+        assert_eq!(names(get("/v2/_catalog", &user("bob")).json().unwrap(), "repositories", ""), bob_sees, "{mode}: catalog");
+        assert_eq!(names(get("/api/v1/search?q=app", &user("bob")).json().unwrap(), "results", "name"), bob_sees, "{mode}: search");
+        assert_eq!(names(get("/api/v1/search?q=app", &Cred::Anonymous).json().unwrap(), "results", "name"), set(&["open/app"]));
+        assert_eq!(get("/api/v1/repositories/open/app", &user("bob")).status(), 200, "{mode}");
+        if mode == "token" {
+            let t = get_token(&s, &user("bob"), &["repository:open/app:pull,push"]);
+            assert_eq!(access_of(&t), json!([{"type": "repository", "name": "open/app", "actions": ["pull"]}]));
+            assert_eq!(get("/v2/open/app/manifests/v1", &Cred::Bearer(t)).status(), 200);
+            // A token for something else still pulls what anyone may.
+            let t = get_token(&s, &user("bob"), &["repository:users/bob/app:pull", "registry:catalog:*"]);
+            assert_eq!(get("/v2/open/app/manifests/v1", &Cred::Bearer(t.clone())).status(), 200);
+            assert!(names(get("/v2/_catalog", &Cred::Bearer(t)).json().unwrap(), "repositories", "").contains("open/app"));
+        }
+    }
+}
+
+#[test]
+fn token_grants_are_audited_as_granted() {
+    let s = start("token", true, 100, "");
+    get_token(&s, &Cred::Anonymous, &["repository:public/app:pull,push", "repository:priv/app:pull"]);
+    get_token(&s, &user("reader"), &["repository:team/app:pull,push,delete"]);
+    let log = s.server.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("token issued")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].contains("user=anonymous") && lines[0].contains(r#"granted=["repository:public/app:pull"]"#), "{}", lines[0]);
+    assert!(lines[1].contains("user=reader") && lines[1].contains(r#"granted=["repository:team/app:pull"]"#), "{}", lines[1]);
+    assert!(!lines.iter().any(|l| l.contains("pull,push")), "requested scopes are not logged as grants: {log}");
+}
+
+#[test]
+fn star_scopes_grant_what_the_caller_has() {
+    let s = start("token", true, 100, "");
+    let t = get_token(&s, &user("reader"), &["repository:team/app:*", "repository:priv/app:*"]);
+    assert_eq!(
+        access_of(&t),
+        json!([
+            {"type": "repository", "name": "team/app", "actions": ["pull"]},
+            {"type": "repository", "name": "priv/app", "actions": []},
+        ])
+    );
+    let t = get_token(&s, &user("alice"), &["repository:users/alice/app:*"]);
+    assert_eq!(access_of(&t), json!([{"type": "repository", "name": "users/alice/app", "actions": ["pull", "push", "delete", "*"]}]));
+    assert_eq!(try_push(&s, "users/alice/app", &t).status(), 202);
+}
+
+#[test]
+fn wrong_credentials_on_search_and_ui_routes_are_401() {
+    for mode in ["basic", "token"] {
+        let s = start(mode, true, 100, "");
+        let c = common::client();
+        push_image(&s, "public/app", "v1", &user("admin"));
+        let base = c.get(s.url("/v2/")).send().unwrap().headers()["www-authenticate"].clone();
+        for path in ["/api/v1/search?q=app", "/v1/search?q=app", "/", "/r/public/app", "/api/v1/repositories/public/app"] {
+            let r = c.get(s.url(path)).basic_auth("alice", Some("wrongpw")).send().unwrap();
+            assert_eq!(r.status(), 401, "{mode} {path}");
+            let challenges: Vec<_> = r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+            assert_eq!(challenges[0], base, "{mode} {path}: the challenge of /v2/ first");
+            // Browsers cannot get tokens: in token mode, a password prompt too.
+            assert_eq!(challenges[1..], if mode == "token" { vec![format!("Basic realm=\"{REALM}\"")] } else { vec![] }, "{mode} {path}");
+            let r = c.get(s.url(path)).bearer_auth("not-a-token").send().unwrap();
+            assert_eq!(r.status(), 401, "{mode} {path} with a bad token");
+            assert_eq!(c.get(s.url(path)).send().unwrap().status(), 200, "{mode} {path} anonymously");
+            assert_eq!(request(&c, Method::GET, &s.url(path), &user("alice")).send().unwrap().status(), 200, "{mode} {path} as alice");
+        }
+    }
+}
+
+#[test]
+fn duplicate_authorization_headers_are_refused() {
+    for mode in ["basic", "token"] {
+        let s = start(mode, true, 100, "");
+        let c = common::client();
+        let admin = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:admin-pw"));
+        let bob = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("bob:bob-pw"));
+        for path in ["/v2/", "/v2/priv/app/tags/list", "/v2/_catalog", "/token?scope=repository:priv/app:pull", "/api/v1/search"] {
+            let r = c.get(s.url(path)).header("Authorization", &bob).header("Authorization", &admin).send().unwrap();
+            assert_eq!(r.status(), 400, "{mode} {path}");
+        }
+        assert_eq!(c.get(s.url("/v2/priv/app/tags/list")).header("Authorization", &admin).send().unwrap().status(), 404);
+    }
+}

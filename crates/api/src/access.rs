@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use axum::middleware::Next;
-use berth_auth::{Action, AuthFailure, Principal, TokenRequest};
+use berth_auth::{Action, AuthFailure, Mode, Principal, TokenRequest};
 use berth_oci::ErrorCode;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -22,7 +22,12 @@ pub struct Tls(pub bool);
 
 /// What an endpoint needs.
 enum Needs<'a> {
+    /// No identity: credentials are not even looked at (the token endpoint
+    /// reads its own).
     Nothing,
+    /// Anyone, but credentials that are presented must be valid: search and
+    /// the web pages answer according to who asks.
+    Anyone,
     /// Any identified caller (the `/v2/` login probe).
     Identity,
     /// Authentication if the caller has no anonymous access; results are filtered.
@@ -43,7 +48,8 @@ fn needs<'a>(route: &Route<'a>, method: &Method) -> Needs<'a> {
         Route::Upload { name, .. } => Needs::Repo(name, Action::Push),
         // Registry-wide administration: the admin action on every repository.
         Route::AdminGc | Route::AdminUsage => Needs::Repo("**", Action::Admin),
-        Route::Token | Route::Health | Route::Metrics | Route::NotFound => Needs::Nothing,
+        Route::Token | Route::Health | Route::Metrics => Needs::Nothing,
+        Route::NotFound => Needs::Anyone,
     }
 }
 
@@ -96,6 +102,10 @@ pub(crate) async fn enforce(State(state): State<ApiState>, mut req: Request<Body
         req.extensions_mut().insert(Principal::Anonymous);
         return next.run(req).await;
     }
+    // Which of several would count is anybody's guess: refuse them all.
+    if req.headers().get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return error(StatusCode::BAD_REQUEST, ErrorCode::Unsupported, "more than one Authorization header");
+    }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let route = route::parse(&path);
@@ -106,26 +116,36 @@ pub(crate) async fn enforce(State(state): State<ApiState>, mut req: Request<Body
         Needs::Listing => Some("registry:catalog:*".to_string()),
         _ => None,
     };
-    let header = req.headers().get(header::AUTHORIZATION).map(|h| h.to_str().map_err(|_| ()));
+    let header = match &needs {
+        Needs::Nothing => None,
+        _ => req.headers().get(header::AUTHORIZATION).map(|h| h.to_str().map_err(|_| ())),
+    };
     let principal = match header {
         Some(Err(())) => Err(AuthFailure::Malformed("header is not visible ASCII")),
         Some(Ok(h)) => state.auth.authenticate(Some(h), ip).await,
         None => Ok(Principal::Anonymous),
     };
+    // Credentials that fail are never taken for no credentials.
     let principal = match principal {
         Ok(p) => p,
-        Err(AuthFailure::RateLimited) if !matches!(needs, Needs::Nothing) => {
+        Err(AuthFailure::RateLimited) => {
             return error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests, "too many failed logins; try again later");
         }
-        Err(e) if !matches!(needs, Needs::Nothing) => {
+        Err(e) => {
             let invalid_token = matches!(e, AuthFailure::InvalidToken(_));
-            return unauthorized(&state, &req, scope.as_deref(), &e.to_string(), invalid_token);
+            let mut resp = unauthorized(&state, &req, scope.as_deref(), &e.to_string(), invalid_token);
+            if matches!(needs, Needs::Anyone) && state.auth.mode() == Mode::Token {
+                // Web pages: browsers cannot get tokens, but can ask for a password again.
+                if let Ok(v) = HeaderValue::from_str(&state.auth.basic_challenge()) {
+                    resp.headers_mut().append(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            return resp;
         }
-        Err(_) => Principal::Anonymous,
     };
     let anonymous = principal == Principal::Anonymous;
     let verdict = match &needs {
-        Needs::Nothing => Ok(()),
+        Needs::Nothing | Needs::Anyone => Ok(()),
         Needs::Identity | Needs::Listing if anonymous && !(matches!(needs, Needs::Listing) && state.auth.anonymous_has_access()) => {
             Err(None)
         }

@@ -1,21 +1,83 @@
-//! htpasswd files with bcrypt hashes (what `htpasswd -B` writes).
+//! htpasswd files with bcrypt hashes (what `htpasswd -B` writes), re-read
+//! when they change so password changes and removals need no restart.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Cost used for new hashes: about 50 ms per check on a current core.
 pub const BCRYPT_COST: u32 = 10;
 
-#[derive(Default, Clone)]
-pub struct Htpasswd {
-    users: Arc<BTreeMap<String, String>>,
-    /// Compared against when the user is unknown, so timing does not reveal
-    /// which user names exist.
-    dummy: Arc<String>,
+/// Longest user name accepted.
+pub const MAX_USER_NAME: usize = 64;
+
+/// How often, at most, the file is checked for changes.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Whether `name` is an acceptable user name: 1 to 64 ASCII letters,
+/// digits, `.`, `_`, `-` or `@`. Nothing else, so a name can never act as
+/// a glob in a policy (`*`, `/`), break the file format (`:`) or a log line.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    let ok = (1..=MAX_USER_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid user name {name:?}: use 1 to {MAX_USER_NAME} ASCII letters, digits, '.', '_', '-' or '@'"
+        ))
+    }
 }
 
-/// Parses htpasswd text; refuses any hash that is not bcrypt, naming the line.
+/// What identifies one version of the file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Stamp> {
+        let m = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Ok(Stamp { modified: m.modified().ok(), len: m.len(), inode })
+    }
+}
+
+struct Loaded {
+    users: Arc<BTreeMap<String, String>>,
+    stamp: Option<Stamp>,
+}
+
+/// The users of an htpasswd file, reloaded by [`Htpasswd::reload_if_changed`].
+pub struct Htpasswd {
+    path: Option<PathBuf>,
+    loaded: RwLock<Loaded>,
+    last_check: Mutex<Instant>,
+    /// Compared against when the user is unknown, so timing does not reveal
+    /// which user names exist.
+    dummy: String,
+}
+
+impl Default for Htpasswd {
+    /// No file and no users.
+    fn default() -> Self {
+        Htpasswd {
+            path: None,
+            loaded: RwLock::new(Loaded { users: Arc::default(), stamp: None }),
+            last_check: Mutex::new(Instant::now()),
+            dummy: String::new(),
+        }
+    }
+}
+
+/// Parses htpasswd text; refuses any hash that is not bcrypt and any user
+/// name outside [`check_user_name`], naming the line.
 pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut users = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -25,9 +87,7 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
         }
         let n = i + 1;
         let (user, hash) = line.split_once(':').ok_or_else(|| format!("line {n}: expected `user:hash`"))?;
-        if user.is_empty() {
-            return Err(format!("line {n}: empty user name"));
-        }
+        check_user_name(user).map_err(|e| format!("line {n}: {e}"))?;
         if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) || hash.len() != 60 {
             return Err(format!(
                 "line {n}: user {user:?} does not have a bcrypt hash; only bcrypt is accepted \
@@ -41,22 +101,78 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(users)
 }
 
+fn read(path: &Path) -> Result<(BTreeMap<String, String>, Stamp), String> {
+    let at = |e: String| format!("{}: {e}", path.display());
+    // The stamp is taken first: a change racing the read is seen next time.
+    let stamp = Stamp::of(path).map_err(|e| at(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+    Ok((parse(&text).map_err(at)?, stamp))
+}
+
 impl Htpasswd {
     pub fn load(path: &Path) -> Result<Htpasswd, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let users = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (users, stamp) = read(path)?;
         let dummy = bcrypt::hash("not a password", BCRYPT_COST).map_err(|e| e.to_string())?;
-        Ok(Htpasswd { users: Arc::new(users), dummy: Arc::new(dummy) })
+        Ok(Htpasswd {
+            path: Some(path.to_path_buf()),
+            loaded: RwLock::new(Loaded { users: Arc::new(users), stamp: Some(stamp) }),
+            last_check: Mutex::new(Instant::now()),
+            dummy,
+        })
+    }
+
+    fn users(&self) -> Arc<BTreeMap<String, String>> {
+        self.loaded.read().unwrap().users.clone()
     }
 
     pub fn contains(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        self.users().contains_key(user)
+    }
+
+    /// The user's current bcrypt hash.
+    pub fn hash(&self, user: &str) -> Option<String> {
+        self.users().get(user).cloned()
+    }
+
+    /// Re-reads the file if it changed since it was last read, checking at
+    /// most every `min_interval`. Returns whether the users were replaced.
+    /// A file that cannot be read or parsed keeps the previous users (and
+    /// is logged); it is tried again once it changes again.
+    pub fn reload_if_changed(&self, min_interval: Duration) -> bool {
+        let Some(path) = &self.path else { return false };
+        {
+            let mut last = self.last_check.lock().unwrap();
+            if last.elapsed() < min_interval {
+                return false;
+            }
+            *last = Instant::now();
+        }
+        let stamp = Stamp::of(path).ok();
+        if stamp.is_some() && stamp == self.loaded.read().unwrap().stamp {
+            return false;
+        }
+        match read(path) {
+            Ok((users, stamp)) => {
+                tracing::info!(target: "berth::audit", file = %path.display(), users = users.len(), "htpasswd reloaded");
+                *self.loaded.write().unwrap() = Loaded { users: Arc::new(users), stamp: Some(stamp) };
+                true
+            }
+            Err(e) => {
+                let mut loaded = self.loaded.write().unwrap();
+                if loaded.stamp != stamp {
+                    tracing::error!(users = loaded.users.len(), "htpasswd not reloaded, keeping the previous users: {e}");
+                }
+                // Remember this version so it is not re-read (and re-logged) on every use.
+                loaded.stamp = stamp;
+                false
+            }
+        }
     }
 
     /// Checks a password on a blocking thread (bcrypt is slow by design).
     pub async fn verify(&self, user: &str, password: &str) -> bool {
-        let known = self.users.get(user).cloned();
-        let hash = known.clone().unwrap_or_else(|| self.dummy.to_string());
+        let known = self.hash(user);
+        let hash = known.clone().unwrap_or_else(|| self.dummy.clone());
         if hash.is_empty() {
             return false;
         }
@@ -70,9 +186,7 @@ impl Htpasswd {
 
 /// Adds, replaces or removes a user in an htpasswd file, atomically.
 pub fn update_file(path: &Path, user: &str, password: Option<&str>, must_exist: Option<bool>) -> Result<(), String> {
-    if user.is_empty() || user.contains(':') || user.chars().any(char::is_whitespace) {
-        return Err(format!("invalid user name {user:?}: no ':' or spaces"));
-    }
+    check_user_name(user)?;
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -144,6 +258,53 @@ mod tests {
         assert!(!h.verify("mallory", "s3cret").await);
         update_file(&path, "alice", None, Some(true)).unwrap();
         assert!(!Htpasswd::load(&path).unwrap().contains("alice"));
+    }
+
+    #[test]
+    fn user_names_follow_a_safe_grammar() {
+        for ok in ["alice", "ci-bot_2", "a.b@example.com", "A", &"x".repeat(64)] {
+            assert!(check_user_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "*", "**", "bob/x", "a:b", "a b", "{user}", "é", "a\n", &"x".repeat(65)] {
+            assert!(check_user_name(bad).unwrap_err().contains("invalid user name"), "{bad:?}");
+        }
+        let hash = format!("$2y$04${}", "a".repeat(53));
+        let err = parse(&format!("alice:{hash}\n**:{hash}\n")).unwrap_err();
+        assert!(err.contains("line 2") && err.contains("\"**\""), "{err}");
+        assert!(parse(&format!("bob/x:{hash}")).unwrap_err().contains("line 1"));
+        let dir = tempfile::tempdir().unwrap();
+        let err = update_file(&dir.path().join("h"), "*", Some("pw"), Some(false)).unwrap_err();
+        assert!(err.contains("invalid user name"), "{err}");
+        assert!(!dir.path().join("h").exists());
+    }
+
+    #[tokio::test]
+    async fn reloads_when_the_file_changes_and_keeps_users_when_it_breaks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        update_file(&path, "alice", Some("old"), Some(false)).unwrap();
+        update_file(&path, "bob", Some("pw"), Some(false)).unwrap();
+        let h = Htpasswd::load(&path).unwrap();
+        assert!(!h.reload_if_changed(Duration::ZERO), "unchanged");
+        update_file(&path, "alice", Some("new"), Some(true)).unwrap();
+        assert!(!h.reload_if_changed(Duration::from_secs(3600)), "checked at most every interval");
+        assert!(h.verify("alice", "old").await);
+        assert!(h.reload_if_changed(Duration::ZERO));
+        assert!(!h.verify("alice", "old").await);
+        assert!(h.verify("alice", "new").await);
+        update_file(&path, "bob", None, Some(true)).unwrap();
+        assert!(h.reload_if_changed(Duration::ZERO));
+        assert!(!h.contains("bob"));
+        // A broken file keeps the previous users.
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert!(!h.reload_if_changed(Duration::ZERO));
+        assert!(h.verify("alice", "new").await);
+        std::fs::remove_file(&path).unwrap();
+        assert!(!h.reload_if_changed(Duration::ZERO));
+        assert!(h.contains("alice"));
+        update_file(&path, "carol", Some("pw"), Some(false)).unwrap();
+        assert!(h.reload_if_changed(Duration::ZERO));
+        assert!(h.contains("carol") && !h.contains("alice"));
     }
 
     #[tokio::test]

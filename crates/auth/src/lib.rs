@@ -100,11 +100,12 @@ impl Principal {
         }
     }
 
+    /// The name to log: the user, or `anonymous`.
     pub fn name(&self) -> &str {
         match self {
-            Principal::Anonymous => "anonymous",
             Principal::User(n) => n,
-            Principal::Token { subject, .. } => subject,
+            Principal::Token { subject, .. } if !subject.is_empty() => subject,
+            Principal::Anonymous | Principal::Token { .. } => "anonymous",
         }
     }
 }
@@ -221,6 +222,7 @@ impl Auth {
             tracing::warn!(target: "berth::audit", user, client = %client, "login rate limited");
             return Err(AuthFailure::RateLimited);
         }
+        self.reload_users();
         let key = self.cache_key(user, password);
         if let Some(name) = self.cached(&key, user) {
             return Ok(name);
@@ -257,6 +259,14 @@ impl Auth {
         }
     }
 
+    /// Picks up changes to the htpasswd file; remembered passwords are
+    /// forgotten when it changed, so old passwords stop working at once.
+    fn reload_users(&self) {
+        if self.users.reload_if_changed(htpasswd::RELOAD_CHECK_INTERVAL) {
+            self.cache.lock().unwrap().clear();
+        }
+    }
+
     fn cached(&self, key: &[u8; 32], user: &str) -> Option<String> {
         let cache = self.cache.lock().unwrap();
         let (name, at) = cache.get(key)?;
@@ -273,6 +283,7 @@ impl Auth {
     }
 
     /// Whether `principal` may perform `action` on repository `repo`.
+    /// Whoever presents credentials may do at least what anonymous callers may.
     pub fn allowed(&self, principal: &Principal, repo: &str, action: Action) -> bool {
         if !self.enabled() {
             return true;
@@ -280,7 +291,9 @@ impl Auth {
         match principal {
             Principal::Anonymous => self.policy.allows(None, repo, action),
             Principal::User(name) => self.policy.allows(Some(name), repo, action),
-            Principal::Token { access, .. } => access.iter().any(|a| a.grants(repo, action)),
+            Principal::Token { access, .. } => {
+                access.iter().any(|a| a.grants(repo, action)) || self.policy.allows(None, repo, action)
+            }
         }
     }
 
@@ -304,8 +317,13 @@ impl Auth {
                 }
                 v
             }
-            _ => format!("Basic realm=\"{}\"", self.config.realm.replace('"', "")),
+            _ => self.basic_challenge(),
         }
+    }
+
+    /// A Basic challenge, which browsers answer with a password prompt.
+    pub fn basic_challenge(&self) -> String {
+        format!("Basic realm=\"{}\"", self.config.realm.replace('"', ""))
     }
 
     /// Serves the token endpoint: authenticates (password, refresh token or
@@ -314,44 +332,54 @@ impl Auth {
         let tokens = self.tokens.as_ref().ok_or(AuthFailure::InvalidToken("token authentication is not enabled".into()))?;
         let subject: Option<String> = match (&req.username, &req.password, &req.refresh_token) {
             (_, _, Some(refresh)) => {
-                let sub = tokens.verify_refresh(refresh)?;
-                if !self.users.contains(&sub) {
-                    return Err(AuthFailure::InvalidToken("user no longer exists".into()));
-                }
-                Some(sub)
+                self.reload_users();
+                Some(tokens.verify_refresh(refresh, |user| self.users.hash(user))?)
             }
             (Some(u), Some(p), None) => Some(self.check_password(u, p, client).await?),
             (None, None, None) => None,
             _ => return Err(AuthFailure::BadCredentials),
         };
-        let mut granted: Vec<Access> = Vec::new();
-        for scope in &req.scopes {
-            let Some(requested) = Access::parse_scope(scope) else { continue };
-            let actions: Vec<String> = requested
-                .actions
-                .iter()
-                .filter(|a| {
-                    let wanted: Vec<Action> = match a.as_str() {
-                        "*" => vec![Action::Admin],
-                        other => Action::parse(other).into_iter().collect(),
-                    };
-                    !wanted.is_empty()
-                        && requested.kind == "repository"
-                        && wanted.iter().all(|w| self.policy.allows(subject.as_deref(), &requested.name, *w))
-                })
-                .cloned()
-                .collect();
-            // Catalog listing is filtered per repository at request time.
-            let actions = if requested.kind == "registry" && requested.name == "catalog" {
-                requested.actions.clone()
-            } else {
-                actions
-            };
-            granted.push(Access { kind: requested.kind, name: requested.name, actions });
+        let granted: Vec<Access> = req.scopes.iter().filter_map(|s| Access::parse_scope(s)).map(|r| self.grant(subject.as_deref(), r)).collect();
+        let summary: Vec<String> = granted
+            .iter()
+            .filter(|a| !a.actions.is_empty())
+            .map(|a| format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))
+            .collect();
+        let user = subject.as_deref().unwrap_or("anonymous");
+        tracing::info!(target: "berth::audit", user = %user, client = %client, granted = ?summary, "token issued");
+        let refresh_for = match &subject {
+            Some(s) if req.offline => self.users.hash(s),
+            _ => None,
+        };
+        Ok(tokens.issue(subject.as_deref().unwrap_or_default(), granted, refresh_for.as_deref()))
+    }
+
+    /// The part of one requested scope that `subject` (None: anonymous) is
+    /// allowed. `*` stands for every action the caller has there, and for
+    /// registry-wide administration when the policy gives `admin`.
+    fn grant(&self, subject: Option<&str>, requested: Access) -> Access {
+        // Catalog listing is filtered per repository at request time.
+        if requested.kind == "registry" && requested.name == "catalog" {
+            return requested;
         }
-        let subject_name = subject.clone().unwrap_or_default();
-        tracing::info!(target: "berth::audit", user = %subject_name, client = %client, scopes = ?req.scopes, "token issued");
-        Ok(tokens.issue(&subject_name, granted, req.offline && subject.is_some()))
+        let mut actions: Vec<String> = Vec::new();
+        if requested.kind == "repository" {
+            for a in &requested.actions {
+                let wanted: &[Action] = match a.as_str() {
+                    "*" => &[Action::Pull, Action::Push, Action::Delete, Action::Admin],
+                    "pull" => &[Action::Pull],
+                    "push" => &[Action::Push],
+                    "delete" => &[Action::Delete],
+                    _ => &[],
+                };
+                for w in wanted {
+                    if !actions.iter().any(|x| x == w.as_str()) && self.policy.allows(subject, &requested.name, *w) {
+                        actions.push(w.as_str().to_string());
+                    }
+                }
+            }
+        }
+        Access { actions, ..requested }
     }
 }
 
@@ -377,5 +405,49 @@ mod tests {
         assert_eq!(decode_basic("YTpi").unwrap(), ("a".into(), "b".into()));
         assert!(matches!(decode_basic("!!!"), Err(AuthFailure::Malformed(_))));
         assert!(matches!(decode_basic("YWI="), Err(AuthFailure::Malformed(_)))); // "ab"
+    }
+
+    fn token_auth(dir: &Path) -> Auth {
+        let htpasswd = dir.join("htpasswd");
+        htpasswd::update_file(&htpasswd, "alice", Some("pw"), Some(false)).unwrap();
+        htpasswd::update_file(&htpasswd, "root", Some("pw"), Some(false)).unwrap();
+        let rules: Vec<Rule> = serde_json::from_value(serde_json::json!([
+            {"repositories": ["public/**"], "actions": ["pull"], "anonymous": true},
+            {"repositories": ["users/{user}/**"], "actions": ["pull", "push"], "users": ["*"]},
+            {"repositories": ["**"], "actions": ["admin"], "users": ["root"]},
+        ]))
+        .unwrap();
+        let config = AuthConfig { mode: Mode::Token, htpasswd: htpasswd.display().to_string(), rules, ..AuthConfig::default() };
+        Auth::new(config, dir).unwrap()
+    }
+
+    fn actions_granted(auth: &Auth, user: Option<&str>, scope: &str) -> Vec<String> {
+        auth.grant(user, Access::parse_scope(scope).unwrap()).actions
+    }
+
+    #[test]
+    fn star_scopes_grant_every_action_the_caller_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = token_auth(dir.path());
+        assert_eq!(actions_granted(&auth, Some("alice"), "repository:users/alice/x:*"), ["pull", "push"]);
+        assert_eq!(actions_granted(&auth, Some("alice"), "repository:users/alice/x:pull,*,push"), ["pull", "push"]);
+        assert_eq!(actions_granted(&auth, Some("root"), "repository:x:*"), ["pull", "push", "delete", "*"]);
+        assert_eq!(actions_granted(&auth, None, "repository:public/x:*"), ["pull"]);
+        assert!(actions_granted(&auth, Some("alice"), "repository:priv:*").is_empty());
+        assert!(actions_granted(&auth, Some("alice"), "repository:users/alice/x:admin").is_empty());
+        let root = Principal::Token { subject: "root".into(), access: vec![auth.grant(Some("root"), Access::parse_scope("repository:**:*").unwrap())] };
+        assert!(auth.allowed(&root, "**", Action::Admin), "the admin endpoints' scope");
+    }
+
+    #[test]
+    fn credentials_never_lose_anonymous_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = token_auth(dir.path());
+        assert_eq!(actions_granted(&auth, Some("alice"), "repository:public/x:pull,push"), ["pull"]);
+        let token = Principal::Token { subject: "ci".into(), access: vec![] };
+        assert!(auth.allowed(&token, "public/x", Action::Pull));
+        assert!(!auth.allowed(&token, "public/x", Action::Push));
+        assert!(auth.allowed(&Principal::User("alice".into()), "public/x", Action::Pull));
+        assert_eq!(Principal::Token { subject: String::new(), access: vec![] }.name(), "anonymous");
     }
 }

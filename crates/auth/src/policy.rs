@@ -87,48 +87,45 @@ impl Policy {
         self.rules.iter().any(|r| r.anonymous)
     }
 
-    /// Whether `user` (None: anonymous) may do `action` on `repo`.
+    /// Whether `user` (None: anonymous) may do `action` on `repo`. An
+    /// authenticated user may do at least what anonymous callers may.
     pub fn allows(&self, user: Option<&str>, repo: &str, action: Action) -> bool {
         self.rules.iter().any(|r| {
-            let applies = match user {
-                None => r.anonymous,
-                Some(u) => {
-                    r.users.iter().any(|x| x == "*" || x == u)
-                        || r.groups.iter().any(|g| self.membership.get(u).is_some_and(|gs| gs.contains(g)))
-                }
-            };
-            applies
-                && r.actions.iter().any(|a| *a == action || *a == Action::Admin)
-                && r.repositories.iter().any(|p| pattern_matches(p, repo, user))
+            let permits = r.actions.iter().any(|a| *a == action || *a == Action::Admin);
+            let matches = |user: Option<&str>| r.repositories.iter().any(|p| pattern_matches(p, repo, user));
+            permits && ((r.anonymous && matches(None)) || user.is_some_and(|u| self.applies(r, u) && matches(Some(u))))
         })
+    }
+
+    /// Whether rule `r` names user `u`, directly, by `"*"` or by a group.
+    fn applies(&self, r: &Rule, u: &str) -> bool {
+        r.users.iter().any(|x| x == "*" || x == u)
+            || r.groups.iter().any(|g| self.membership.get(u).is_some_and(|gs| gs.contains(g)))
     }
 }
 
-/// Glob match of a repository name; `{user}` expands to the caller's name
-/// (a pattern using it never matches anonymous callers).
+/// Glob match of a repository name; `{user}` stands for the caller's name,
+/// matched literally (a pattern using it never matches anonymous callers).
 pub fn pattern_matches(pattern: &str, name: &str, user: Option<&str>) -> bool {
-    let expanded;
-    let pattern = if pattern.contains("{user}") {
-        match user {
-            Some(u) => {
-                expanded = pattern.replace("{user}", u);
-                expanded.as_str()
-            }
-            None => return false,
-        }
-    } else {
-        pattern
-    };
-    glob(pattern.as_bytes(), name.as_bytes())
+    if pattern.contains(USER) && user.is_none() {
+        return false;
+    }
+    glob(pattern.as_bytes(), name.as_bytes(), user.unwrap_or_default().as_bytes())
 }
 
-fn glob(p: &[u8], s: &[u8]) -> bool {
+const USER: &str = "{user}";
+
+fn glob(p: &[u8], s: &[u8], user: &[u8]) -> bool {
     if p.is_empty() {
         return s.is_empty();
     }
+    // `{user}` matches exactly the caller's name, never as a pattern.
+    if let Some(rest) = p.strip_prefix(USER.as_bytes()) {
+        return s.starts_with(user) && glob(rest, &s[user.len()..], user);
+    }
     // `x/**` matches `x` itself: the `/**` may match nothing at the end.
     if p.starts_with(b"/**") && s.is_empty() {
-        return glob(&p[3..], s);
+        return glob(&p[3..], s, user);
     }
     if p.starts_with(b"**") {
         let rest = &p[2..];
@@ -136,13 +133,13 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
         if rest.is_empty() {
             return true;
         }
-        return (0..=s.len()).any(|i| glob(rest, &s[i..]))
-            || (rest.starts_with(b"/") && glob(&rest[1..], s));
+        return (0..=s.len()).any(|i| glob(rest, &s[i..], user))
+            || (rest.starts_with(b"/") && glob(&rest[1..], s, user));
     }
     if p[0] == b'*' {
         let rest = &p[1..];
         for i in 0..=s.len() {
-            if glob(rest, &s[i..]) {
+            if glob(rest, &s[i..], user) {
                 return true;
             }
             if i < s.len() && s[i] == b'/' {
@@ -151,7 +148,7 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
         }
         return false;
     }
-    !s.is_empty() && p[0] == s[0] && glob(&p[1..], &s[1..])
+    !s.is_empty() && p[0] == s[0] && glob(&p[1..], &s[1..], user)
 }
 
 #[cfg(test)]
@@ -171,6 +168,38 @@ mod tests {
         assert!(!pattern_matches("users/{user}/**", "users/bob/x", None));
         assert!(pattern_matches("a/**/c", "a/b/x/c", None));
         assert!(pattern_matches("a/**/c", "a/c", None));
+    }
+
+    #[test]
+    fn user_names_are_literal_in_patterns() {
+        // Names are validated at load time; the matcher must not rely on it.
+        for (user, repo) in [("*", "users/bob/x"), ("**", "users/bob/x"), ("bob/*", "users/bob/x/y"), ("b*", "users/bob/x")] {
+            assert!(!pattern_matches("users/{user}/**", repo, Some(user)), "{user:?} on {repo}");
+            assert!(!pattern_matches("users/{user}", "users/bob", Some(user)), "{user:?}");
+        }
+        assert!(pattern_matches("users/{user}", "users/*", Some("*")));
+        assert!(pattern_matches("users/{user}/**", "users/a.b/x", Some("a.b")));
+        assert!(!pattern_matches("users/{user}/**", "users/axb/x", Some("a.b")));
+        assert!(pattern_matches("{user}-*/{user}", "al-x/al", Some("al")));
+        assert!(!pattern_matches("{user}-*/{user}", "al-x/bo", Some("al")));
+    }
+
+    #[test]
+    fn users_get_at_least_what_anonymous_callers_get() {
+        let rules: Vec<Rule> = serde_json::from_value(serde_json::json!([
+            {"repositories": ["public/**"], "actions": ["pull"], "anonymous": true},
+            {"repositories": ["team/**"], "actions": ["push"], "users": ["alice"]},
+            {"repositories": ["anon/{user}"], "actions": ["pull"], "anonymous": true},
+        ]))
+        .unwrap();
+        let p = Policy::new(&rules, &BTreeMap::new()).unwrap();
+        assert!(p.allows(None, "public/x", Action::Pull));
+        assert!(p.allows(Some("alice"), "public/x", Action::Pull));
+        assert!(p.allows(Some("bob"), "public/x", Action::Pull));
+        assert!(!p.allows(Some("bob"), "public/x", Action::Push));
+        assert!(p.allows(Some("alice"), "team/x", Action::Push));
+        // An anonymous rule is evaluated as for anonymous callers.
+        assert!(!p.allows(Some("bob"), "anon/bob", Action::Pull));
     }
 
     #[test]

@@ -82,20 +82,32 @@ impl Access {
     }
 }
 
+/// The claims of a token. Only `iss`, `aud` and `exp` are required: the
+/// others are optional in JWT, and external issuers may leave them out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
+    #[serde(default)]
     pub sub: String,
+    /// Checked by the validation, where it may also be an array; not read back.
+    #[serde(default, skip_deserializing)]
     pub aud: String,
     pub exp: u64,
+    #[serde(default)]
     pub nbf: u64,
+    #[serde(default)]
     pub iat: u64,
-    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
     #[serde(default)]
     pub access: Vec<Access>,
     /// `"refresh"` marks a refresh token, never accepted as an access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub typ: Option<String>,
+    /// In refresh tokens: a keyed hash of the user's password hash when the
+    /// token was issued, so a password change or removal revokes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pwd: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -121,6 +133,10 @@ pub struct TokenResponse {
 /// Most verified tokens remembered.
 const VERIFIED_MAX: usize = 10_000;
 
+/// Clock skew tolerated on `exp` and `nbf`, in seconds: a token is accepted
+/// until this long after it expires (the library default is 60).
+pub const LEEWAY_SECS: u64 = 10;
+
 pub struct TokenService {
     config: TokenConfig,
     verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Claims>>,
@@ -128,6 +144,9 @@ pub struct TokenService {
     decoding: DecodingKey,
     kid: String,
     trusted: Vec<(String, DecodingKey, Algorithm)>,
+    /// Key of the password fingerprints in refresh tokens, derived from the
+    /// signing key so it is as secret and as lasting.
+    binding_key: [u8; 32],
 }
 
 fn now() -> u64 {
@@ -165,7 +184,8 @@ impl TokenService {
             trusted.push((t.issuer.clone(), load_public_key(&pem).map_err(|e| format!("trusted issuer {}: {e}", t.issuer))?));
         }
         let trusted = trusted.into_iter().map(|(i, (k, a))| (i, k, a)).collect();
-        Ok(TokenService { config: config.clone(), verified: Default::default(), encoding, decoding, kid, trusted })
+        let binding_key = sha2::Sha256::new().chain_update(b"berth refresh-token binding\0").chain_update(key_pem.as_bytes()).finalize().into();
+        Ok(TokenService { config: config.clone(), verified: Default::default(), encoding, decoding, kid, trusted, binding_key })
     }
 
     pub fn service(&self) -> &str {
@@ -187,7 +207,16 @@ impl TokenService {
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("signing with a loaded key")
     }
 
-    pub fn issue(&self, subject: &str, access: Vec<Access>, with_refresh: bool) -> TokenResponse {
+    /// A keyed hash of `user`'s password hash: changes when the password does,
+    /// reveals nothing of it.
+    fn password_fingerprint(&self, user: &str, password_hash: &str) -> String {
+        let mac = hmac_sha256(&self.binding_key, &[user.as_bytes(), b"\0", password_hash.as_bytes()]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac)
+    }
+
+    /// Issues an access token, and a refresh token bound to `refresh_for`
+    /// (the subject's current password hash) when given.
+    pub fn issue(&self, subject: &str, access: Vec<Access>, refresh_for: Option<&str>) -> TokenResponse {
         let t = now();
         let claims = Claims {
             iss: self.config.issuer.clone(),
@@ -196,17 +225,19 @@ impl TokenService {
             exp: t + self.config.ttl_secs,
             nbf: t.saturating_sub(10),
             iat: t,
-            jti: format!("{:032x}", rand::random::<u128>()),
+            jti: Some(format!("{:032x}", rand::random::<u128>())),
             access,
             typ: None,
+            pwd: None,
         };
         let token = self.sign(&claims);
-        let refresh_token = with_refresh.then(|| {
+        let refresh_token = refresh_for.map(|password_hash| {
             self.sign(&Claims {
                 exp: t + self.config.refresh_ttl_secs,
                 access: vec![],
                 typ: Some("refresh".into()),
-                jti: format!("{:032x}", rand::random::<u128>()),
+                jti: Some(format!("{:032x}", rand::random::<u128>())),
+                pwd: Some(self.password_fingerprint(subject, password_hash)),
                 ..claims.clone()
             })
         });
@@ -224,7 +255,7 @@ impl TokenService {
         v.set_audience(&[&self.config.service]);
         v.set_issuer(&[issuer]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        v.leeway = 30;
+        v.leeway = LEEWAY_SECS;
         v.validate_nbf = true;
         v
     }
@@ -235,7 +266,7 @@ impl TokenService {
     pub fn verify_access(&self, token: &str) -> Result<Claims, AuthFailure> {
         let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self.verified.lock().unwrap().get(&key) {
-            if now() <= claims.exp {
+            if now() <= claims.exp.saturating_add(LEEWAY_SECS) {
                 return Ok(claims.clone());
             }
         }
@@ -266,22 +297,44 @@ impl TokenService {
         }
         .map_err(|e| AuthFailure::InvalidToken(e.to_string()))?
         .claims;
-        if claims.typ.is_some() {
+        if claims.typ.as_deref() == Some("refresh") {
             return Err(AuthFailure::InvalidToken("a refresh token is not an access token".into()));
         }
         Ok(claims)
     }
 
-    /// Verifies a refresh token issued by Berth; returns its subject.
-    pub fn verify_refresh(&self, token: &str) -> Result<String, AuthFailure> {
+    /// Verifies a refresh token issued by Berth and that its subject's
+    /// password (`password_hash` looks up the current hash) has not changed
+    /// since; returns the subject.
+    pub fn verify_refresh(&self, token: &str, password_hash: impl FnOnce(&str) -> Option<String>) -> Result<String, AuthFailure> {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation(Algorithm::ES256, &self.config.issuer))
             .map_err(|e| AuthFailure::InvalidToken(e.to_string()))?
             .claims;
         if claims.typ.as_deref() != Some("refresh") || claims.sub.is_empty() {
             return Err(AuthFailure::InvalidToken("not a refresh token".into()));
         }
+        let current = password_hash(&claims.sub).ok_or_else(|| AuthFailure::InvalidToken("user no longer exists".into()))?;
+        let expected = self.password_fingerprint(&claims.sub, &current);
+        let bound = claims.pwd.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), expected.as_bytes())));
+        if !bound {
+            return Err(AuthFailure::InvalidToken("the password changed since this refresh token was issued; log in again".into()));
+        }
         Ok(claims.sub)
     }
+}
+
+/// HMAC-SHA256 (RFC 2104) of the concatenated `parts`.
+fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let mut inner = sha2::Sha256::new().chain_update(ipad);
+    for p in parts {
+        inner.update(p);
+    }
+    sha2::Sha256::new().chain_update(opad).chain_update(inner.finalize()).finalize().into()
 }
 
 /// Reads `iss` without verifying, only to pick the key to verify with.
@@ -349,14 +402,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let svc = TokenService::new(&TokenConfig::default(), dir.path()).unwrap();
         let access = vec![Access { kind: "repository".into(), name: "x".into(), actions: vec!["pull".into()] }];
-        let resp = svc.issue("alice", access.clone(), true);
+        let resp = svc.issue("alice", access.clone(), Some("$2b$hash"));
         let claims = svc.verify_access(&resp.token).unwrap();
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.access, access);
         let refresh = resp.refresh_token.unwrap();
-        assert_eq!(svc.verify_refresh(&refresh).unwrap(), "alice");
+        assert_eq!(svc.verify_refresh(&refresh, |_| Some("$2b$hash".into())).unwrap(), "alice");
         assert!(svc.verify_access(&refresh).is_err());
-        assert!(svc.verify_refresh(&resp.token).is_err());
+        assert!(svc.verify_refresh(&resp.token, |_| Some("$2b$hash".into())).is_err());
         // Tampered payload: signature no longer matches.
         let mut parts: Vec<String> = resp.token.split('.').map(str::to_string).collect();
         let forged = serde_json::json!({"iss":"berth","sub":"alice","aud":"berth","exp":now()+100,"nbf":0,"iat":0,"jti":"x",
@@ -366,9 +419,73 @@ mod tests {
         // A token from another key (another data directory) is refused.
         let other_dir = tempfile::tempdir().unwrap();
         let other = TokenService::new(&TokenConfig::default(), other_dir.path()).unwrap();
-        assert!(svc.verify_access(&other.issue("alice", vec![], false).token).is_err());
+        assert!(svc.verify_access(&other.issue("alice", vec![], None).token).is_err());
         // The key persists across restarts.
         let again = TokenService::new(&TokenConfig::default(), dir.path()).unwrap();
         assert!(again.verify_access(&resp.token).is_ok());
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2: key "Jefe" (zero-padded, as HMAC does).
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        let mac = hmac_sha256(&key, &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    #[test]
+    fn refresh_tokens_are_bound_to_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = TokenService::new(&TokenConfig::default(), dir.path()).unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let refresh = svc.issue("alice", vec![], Some(&hash)).refresh_token.unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(refresh.split('.').nth(1).unwrap()).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        assert!(!text.contains(&hash) && !text.contains(&hash[7..]), "the hash itself is not in the token: {text}");
+        assert_eq!(svc.verify_refresh(&refresh, |u| (u == "alice").then(|| hash.clone())).unwrap(), "alice");
+        let changed = bcrypt::hash("pw", 4).unwrap();
+        let err = svc.verify_refresh(&refresh, |_| Some(changed)).unwrap_err();
+        assert!(err.to_string().contains("password changed"), "{err}");
+        let err = svc.verify_refresh(&refresh, |_| None).unwrap_err();
+        assert!(err.to_string().contains("no longer exists"), "{err}");
+        // Another data directory (another key) computes other fingerprints.
+        let other = TokenService::new(&TokenConfig::default(), tempfile::tempdir().unwrap().path()).unwrap();
+        assert_ne!(svc.password_fingerprint("alice", &hash), other.password_fingerprint("alice", &hash));
+    }
+
+    /// A token signed by a trusted external issuer with these claims.
+    fn external(claims: serde_json::Value) -> Result<Claims, AuthFailure> {
+        let dir = tempfile::tempdir().unwrap();
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let public = dir.path().join("ext.pem");
+        std::fs::write(&public, kp.public_key_pem()).unwrap();
+        let config = TokenConfig {
+            trusted_issuers: vec![TrustedIssuer { issuer: "ext".into(), public_key: public.display().to_string() }],
+            ..TokenConfig::default()
+        };
+        let svc = TokenService::new(&config, dir.path()).unwrap();
+        let key = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        svc.verify_access(&jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap())
+    }
+
+    #[test]
+    fn external_tokens_need_only_iss_aud_and_exp() {
+        let access = serde_json::json!([{"type": "repository", "name": "x", "actions": ["pull"]}]);
+        let c = external(serde_json::json!({"iss": "ext", "aud": "berth", "exp": now() + 60, "access": access})).unwrap();
+        assert_eq!((c.sub.as_str(), c.jti.as_deref(), c.access.len()), ("", None, 1));
+        // An audience list naming this service; other claims JWT allows.
+        let c = external(serde_json::json!({"iss": "ext", "sub": "ci", "aud": ["other", "berth"], "exp": now() + 60, "typ": "Bearer"}));
+        assert_eq!(c.unwrap().sub, "ci");
+        assert!(external(serde_json::json!({"iss": "ext", "aud": "other", "exp": now() + 60})).is_err());
+        assert!(external(serde_json::json!({"iss": "ext", "aud": "berth"})).is_err(), "exp is required");
+    }
+
+    #[test]
+    fn expiry_leeway_is_small_and_explicit() {
+        let exp = |secs_ago: u64| external(serde_json::json!({"iss": "ext", "aud": "berth", "exp": now() - secs_ago}));
+        assert!(exp(1).is_ok(), "within {LEEWAY_SECS} s of expiry");
+        assert!(exp(LEEWAY_SECS + 5).is_err());
+        assert!(exp(30).is_err());
     }
 }
