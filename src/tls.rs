@@ -166,6 +166,9 @@ pub fn self_signed(hosts: &[String], out: &Path, days: u32) -> anyhow::Result<()
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(days as i64);
+    // Strict verifiers (OpenSSL's -x509_strict, Python's default context)
+    // want the issuer's key identifier in the leaf.
+    params.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate()?;
     let issuer = Issuer::new(ca_params, &ca_key);
     let cert = params.signed_by(&key, &issuer)?;
