@@ -447,11 +447,42 @@ fn render_section(out: &mut String, name: &str, table: &toml::Table) {
 pub fn parse_text(text: &str) -> Result<Config, String> {
     match toml::from_str::<Config>(text) {
         Ok(c) => {
-            c.validate().map_err(|e| e.to_string())?;
+            c.validate().map_err(|e| {
+                let msg = e.to_string();
+                match msg.split_once(':').and_then(|(key, _)| line_of_key(text, key)) {
+                    Some(line) => format!("line {line}: {msg}"),
+                    None => msg,
+                }
+            })?;
             Ok(c)
         }
         Err(e) => Err(describe_toml_error(text, &e)),
     }
+}
+
+/// The line (1-based) where a dotted key such as `registry.max_page_size`
+/// or `registry.immutable_tags.tags` is set in `text`, for errors found
+/// after parsing; the first such line when a table array repeats it.
+fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let dotted = dotted.trim();
+    if dotted.is_empty() || dotted.contains(char::is_whitespace) {
+        return None;
+    }
+    let mut section = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            section = header.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
+            continue;
+        }
+        let Some((key, _)) = line.split_once('=') else { continue };
+        let key = key.trim().trim_matches('"');
+        let full = if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
+        if full == dotted {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
@@ -467,37 +498,50 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-/// Applies `BERTH_<SECTION>_<KEY>` variables onto a TOML table, typed like
-/// the defaults so `BERTH_REGISTRY_DELETE_ENABLED=false` is a boolean.
+/// Variables named `BERTH_…` that are read elsewhere, not settings.
+const NON_SETTING_VARS: &[&str] =
+    &["BERTH_CONFIG", "BERTH_PASSWORD", "BERTH_BACKUP_PASSWORD", "BERTH_BACKUP_TIME", "BERTH_RESTORE_USERNAME", "BERTH_RESTORE_PASSWORD"];
+
+/// Applies `BERTH_<SECTION>_<KEY>` variables (`BERTH_AUTH_TOKEN_TTL_SECS`
+/// for `auth.token.ttl_secs`) onto a TOML table, typed like the defaults so
+/// `BERTH_REGISTRY_DELETE_ENABLED=false` is a boolean. A `BERTH_` variable
+/// that names no setting is an error, as an unknown key in the file is.
 fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
     let defaults = toml::Value::try_from(Config::default())?;
-    let defaults = defaults.as_table().expect("table");
+    let env_name = |section: &str, key: &str| format!("BERTH_{}_{}", section.replace('.', "_"), key).to_ascii_uppercase();
     for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix("BERTH_") else { continue };
-        let rest = rest.to_ascii_lowercase();
-        let found = defaults.iter().find_map(|(section, entries)| {
-            let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
-            let default = entries.as_table()?.get(key)?;
-            Some((section.clone(), key.to_string(), default.clone()))
-        });
-        let Some((section, key, default)) = found else { continue };
+        // BERTH_TEST_*: the test suite's own switches, passed down to servers.
+        if !name.starts_with("BERTH_") || name.starts_with("BERTH_TEST_") || NON_SETTING_VARS.contains(&name.as_str()) {
+            continue;
+        }
+        let Some((section, key, _)) = DOCS.iter().find(|(section, key, _)| env_name(section, key) == name) else {
+            bail!("{name}: no such setting (variables are BERTH_<SECTION>_<KEY>, e.g. BERTH_SERVER_LISTEN; see `berth config defaults`)");
+        };
+        let path: Vec<&str> = section.split('.').collect();
+        let default = path.iter().try_fold(&defaults, |v, p| v.get(p)).and_then(|t| t.get(key));
         let value = match default {
-            toml::Value::Boolean(_) => toml::Value::Boolean(match raw.as_str() {
+            Some(toml::Value::Boolean(_)) => toml::Value::Boolean(match raw.as_str() {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" => false,
                 _ => bail!("{name}: expected a boolean, got {raw:?}"),
             }),
-            toml::Value::Integer(_) => {
+            Some(toml::Value::Integer(_)) => {
                 toml::Value::Integer(raw.parse().map_err(|_| anyhow!("{name}: expected an integer, got {raw:?}"))?)
+            }
+            Some(toml::Value::Array(_) | toml::Value::Table(_)) => {
+                bail!("{name}: {section}.{key} is a list or table: set it in the configuration file")
             }
             _ => toml::Value::String(raw),
         };
-        table
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| anyhow!("{name}: section is not a table"))?
-            .insert(key, value);
+        let mut target = &mut *table;
+        for p in path {
+            target = target
+                .entry(p)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| anyhow!("{name}: {section} is not a table"))?;
+        }
+        target.insert(key.to_string(), value);
     }
     Ok(())
 }
@@ -555,5 +599,16 @@ mod tests {
         assert_eq!(c.registry.upload_ttl_secs, 5);
         let mut t = toml::Table::new();
         assert!(apply_env(&mut t, vec![("BERTH_SERVER_METRICS".into(), "perhaps".into())].into_iter()).is_err());
+        let err = parse_text("[server]\nlisten = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("line 2: server.listen"), "{err}");
+        let err = parse_text("[log]\nlevel = \"info\"\n\nformat = \"xml\"\n").unwrap_err();
+        assert!(err.starts_with("line 4: log.format"), "{err}");
+        let err = apply_env(&mut t, vec![("BERTH_REGISTRY_MAX_PAGE_SIZ".into(), "3".into())].into_iter()).unwrap_err();
+        assert!(err.to_string().contains("no such setting"), "{err}");
+        assert!(apply_env(&mut t, vec![("BERTH_REGISTRY_QUOTAS".into(), "x".into())].into_iter()).is_err());
+        apply_env(&mut t, vec![("BERTH_CONFIG".into(), "x.toml".into()), ("BERTH_PASSWORD".into(), "pw".into())].into_iter()).unwrap();
+        let mut nested = toml::Table::new();
+        apply_env(&mut nested, vec![("BERTH_AUTH_TOKEN_TTL_SECS".into(), "60".into())].into_iter()).unwrap();
+        assert_eq!(nested["auth"]["token"]["ttl_secs"].as_integer(), Some(60));
     }
 }

@@ -231,7 +231,13 @@ fn main() -> std::process::ExitCode {
 
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    config::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let config = config::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    // The users file is checked as start-up would (hash kinds, names).
+    if !config.auth.htpasswd.is_empty() {
+        let path = std::path::Path::new(&config.auth.htpasswd);
+        let users = std::fs::read_to_string(path).with_context(|| format!("auth.htpasswd: reading {}", path.display()))?;
+        berth_auth::htpasswd::parse(&users).map_err(|e| anyhow::anyhow!("auth.htpasswd: {}: {e}", path.display()))?;
+    }
     println!("{}: ok", file.display());
     Ok(())
 }

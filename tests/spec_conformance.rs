@@ -1539,6 +1539,9 @@ fn config_errors_name_line_and_key() {
         ("[server]\nlisten = \"127.0.0.1:5000\"\n\n[registry]\ndelete_enabled = \"maybe\"\n", "line 5", "delete_enabled"),
         ("[server]\nlisten = \"127.0.0.1:5000\"\nlisen = \"typo\"\n", "line 3", "lisen"),
         ("[log]\nlevel = \"info\"\n[storage]\ndata_dir = 7\n", "line 4", "data_dir"),
+        // Semantic errors, found after parsing, name the line too.
+        ("[server]\nlisten = \"x\"\n\n\n[registry]\nmax_page_size = 1\n", "line 2", "server.listen"),
+        ("[server]\nlisten = \"127.0.0.1:1\"\n\n\n[registry]\nmax_page_size = 0\n", "line 6", "registry.max_page_size"),
     ];
     for (i, (text, line, key)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad{i}.toml"));
@@ -1555,6 +1558,23 @@ fn config_errors_name_line_and_key() {
     let out = berth(&["config", "check", file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
+    // The users file is checked as start-up checks it.
+    let users = dir.path().join("htpasswd");
+    std::fs::write(&users, "bob:$apr1$xyz$abc\n").unwrap();
+    let file = dir.path().join("auth.toml");
+    std::fs::write(&file, format!("[auth]\nmode = \"basic\"\nhtpasswd = {:?}\n", users.to_str().unwrap())).unwrap();
+    let out = berth(&["config", "check", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1") && err.contains("bcrypt"), "{err}");
+    // A BERTH_ variable that names no setting is refused like an unknown key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", dir.path().join("d").to_str().unwrap()])
+        .env("BERTH_REGISTRY_MAX_PAGE_SIZ", "3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such setting"));
 }
 
 #[test]
