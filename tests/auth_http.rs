@@ -971,3 +971,17 @@ fn duplicate_authorization_headers_are_refused() {
         assert_eq!(c.get(s.url("/v2/priv/app/tags/list")).header("Authorization", &admin).send().unwrap().status(), 404);
     }
 }
+
+#[test]
+fn http2_clients_get_challenges_naming_the_host_they_addressed() {
+    common::require("curl");
+    let s = start("token", true, 10, "");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-i", "--http2-prior-knowledge", &s.url("/v2/")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/2 401"), "{text}");
+    let realm = format!("realm=\"{}/token\"", s.server.url);
+    assert!(text.contains(&realm), "no {realm} in {text}");
+}

@@ -60,12 +60,7 @@ fn client_ip(req: &Request<Body>) -> IpAddr {
 /// `scheme://host` as the client addressed us, for the token realm.
 fn base_url(req: &Request<Body>) -> String {
     let tls = req.extensions().get::<Tls>().is_some_and(|t| t.0);
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.len() < 256 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
-        .unwrap_or("localhost");
+    let host = crate::request_host(req).unwrap_or_else(|| "localhost".into());
     format!("{}://{host}", if tls { "https" } else { "http" })
 }
 

@@ -74,12 +74,20 @@ fn is_cross_site_write(req: &Request<Body>) -> bool {
         return !matches!(site, "same-origin" | "none");
     }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    host != Some(origin_host)
+    request_host(req).as_deref() != Some(origin_host)
+}
+
+/// The host (and port) the client addressed: the `Host` header, or in
+/// HTTP/2 the request's `:authority`. Only plain host characters pass, as
+/// it is written back into challenges and pages.
+pub(crate) fn request_host(req: &Request<Body>) -> Option<String> {
+    req.headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .filter(|h| !h.is_empty() && h.len() < 256 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .map(str::to_string)
 }
 
 #[cfg(test)]

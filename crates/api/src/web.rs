@@ -187,7 +187,11 @@ fn login_needed(state: &ApiState, who: &Principal, repo: Option<&str>) -> Option
     if who.is_anonymous() {
         let mut resp = ApiError::Registry(RegistryError::Denied("authentication required".into())).into_response();
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"berth\", charset=\"UTF-8\""));
+        // Basic even in token mode: browsers can only answer Basic.
+        let challenge = format!("{}, charset=\"UTF-8\"", state.auth.basic_challenge());
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
         Some(resp)
     } else {
         Some(ApiError::Registry(RegistryError::Denied("requested access to the resource is denied".into())).into_response())
@@ -203,12 +207,7 @@ fn repo_access(state: &ApiState, who: &Principal, name: &str) -> Result<RepoName
 }
 
 fn host(req: &Request<Body>) -> String {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.len() < 256 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
-        .unwrap_or("localhost")
-        .to_string()
+    crate::request_host(req).unwrap_or_else(|| "localhost".into())
 }
 
 fn json_response(body: String) -> Response<Body> {
