@@ -499,8 +499,16 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Variables named `BERTH_…` that are read elsewhere, not settings.
-const NON_SETTING_VARS: &[&str] =
-    &["BERTH_CONFIG", "BERTH_PASSWORD", "BERTH_BACKUP_PASSWORD", "BERTH_BACKUP_TIME", "BERTH_RESTORE_USERNAME", "BERTH_RESTORE_PASSWORD"];
+const NON_SETTING_VARS: &[&str] = &[
+    "BERTH_CONFIG",
+    "BERTH_PASSWORD",
+    "BERTH_BACKUP_PASSWORD",
+    "BERTH_BACKUP_TIME",
+    "BERTH_BACKUP_ARGON2_MEMORY_KIB",
+    "BERTH_BACKUP_ARGON2_PASSES",
+    "BERTH_RESTORE_USERNAME",
+    "BERTH_RESTORE_PASSWORD",
+];
 
 /// Applies `BERTH_<SECTION>_<KEY>` variables (`BERTH_AUTH_TOKEN_TTL_SECS`
 /// for `auth.token.ttl_secs`) onto a TOML table, typed like the defaults so

@@ -114,12 +114,14 @@ fn no_plaintext_on_disk_and_reads_are_exact() {
     let config = tmp.path().join("berth.toml");
     std::fs::write(&config, format!("[encryption]\nprevious_key_files = [{:?}]\n", old_key_file.to_str().unwrap())).unwrap();
     {
+        // Read before the server starts: re-encryption of a few blobs can
+        // finish before the first request does.
+        let marker_file = data.join("encryption-key-id");
+        let before = std::fs::read_to_string(&marker_file).unwrap();
         let s = Server::start_in(&data, &["--config", config.to_str().unwrap()], &[("BERTH_ENCRYPTION_KEY", &k2)]);
         let got = c.get(format!("{}/v2/secret/app/blobs/{digest}", s.url)).send().unwrap().bytes().unwrap();
         assert!(got[..] == layer[..]);
         // Wait (bounded) for the background re-encryption to record completion.
-        let marker_file = data.join("encryption-key-id");
-        let before = std::fs::read_to_string(&marker_file).unwrap();
         let mut done = false;
         for _ in 0..200 {
             if std::fs::read_to_string(&marker_file).unwrap() != before {
