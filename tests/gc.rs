@@ -393,8 +393,9 @@ fn untagged_manifests_go_but_index_children_and_referrers_of_kept_subjects_stay(
     };
     let (amd, amd_layer) = image("amd64", None);
     let (arm, _) = image("arm64", None);
+    let size = |d: &str| c.get(format!("{url}/v2/{repo}/manifests/{d}")).send().unwrap().bytes().unwrap().len();
     let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": amd, "size": 1}, {"mediaType": OCI_MANIFEST, "digest": arm, "size": 1}]})
+        {"mediaType": OCI_MANIFEST, "digest": amd, "size": size(&amd)}, {"mediaType": OCI_MANIFEST, "digest": arm, "size": size(&arm)}]})
     .to_string()
     .into_bytes();
     assert_eq!(put_manifest(&c, url, repo, "multi", &index, OCI_INDEX).0, 201);

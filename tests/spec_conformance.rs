@@ -928,6 +928,24 @@ fn manifest_with_missing_blob_is_refused() {
 }
 
 #[test]
+fn descriptor_sizes_must_match_their_content() {
+    let s = Server::start();
+    let c = client();
+    let repo = "size/check";
+    let m = image_manifest(&s, &c, repo);
+    let mut v: Value = serde_json::from_slice(&m).unwrap();
+    let real = v["layers"][0]["size"].as_u64().unwrap();
+    v["layers"][0]["size"] = json!(real + 1);
+    let e = assert_error(put_manifest(&s, &c, repo, "bad", OCI_MANIFEST, &serde_json::to_vec(&v).unwrap()), 400, &["MANIFEST_INVALID"]);
+    assert!(e["errors"][0]["message"].as_str().unwrap().contains(&format!("but it has {real}")), "{e}");
+    let child = put_manifest_ok(&s, &c, repo, "good", OCI_MANIFEST, &m);
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": m.len() + 5}]})).unwrap();
+    assert_error(put_manifest(&s, &c, repo, "idx", OCI_INDEX, &index), 400, &["MANIFEST_INVALID"]);
+    assert_error(get(&s, &c, &format!("/v2/{repo}/manifests/bad")), 404, &["MANIFEST_UNKNOWN"]);
+}
+
+#[test]
 fn index_with_missing_child_is_refused() {
     let s = Server::start();
     let c = client();
@@ -1666,9 +1684,9 @@ fn manifest_media_type_from_header_or_body() {
     put_manifest_ok(&s, &c, repo, "params", &format!("{OCI_MANIFEST}; charset=utf-8"), &body);
     assert_eq!(must_hdr(&get(&s, &c, &format!("/v2/{repo}/manifests/params")), "content-type"), OCI_MANIFEST);
     // Docker manifest list pushed with its header is served with it.
-    let (_, d) = push_image(&c, &s.url, repo, "child");
+    let (child, d) = push_image(&c, &s.url, repo, "child");
     let list = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": DOCKER_LIST,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": 1}]})).unwrap();
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": d, "size": child.len()}]})).unwrap();
     let r = c.put(format!("{}/v2/{repo}/manifests/list", s.url)).body(list.clone()).send().unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
     assert_eq!(must_hdr(&get(&s, &c, &format!("/v2/{repo}/manifests/list")), "content-type"), DOCKER_LIST);

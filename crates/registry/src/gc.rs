@@ -432,10 +432,11 @@ mod tests {
     }
 
     async fn image(r: &Registry, repo: &RepoName, layer: &Digest, subject: Option<&Digest>, tag: Option<&str>) -> Digest {
+        let size = r.meta.repo_blob(repo, layer).await.unwrap().unwrap_or(0);
         let mut m = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": layer.to_string(), "size": 1},
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": layer.to_string(), "size": size},
             "layers": [],
         });
         if let Some(s) = subject {
@@ -452,10 +453,11 @@ mod tests {
     }
 
     async fn index(r: &Registry, repo: &RepoName, child: &Digest, tag: &str) -> Digest {
+        let size = r.get_manifest(repo, &Reference::Digest(child.clone())).await.map_or(0, |m| m.body.len());
         let m = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": child.to_string(), "size": 1}],
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": child.to_string(), "size": size}],
         });
         let body = Bytes::from(m.to_string());
         r.put_manifest(repo, &Reference::Tag(berth_oci::Tag::parse(tag).unwrap()), None, body.clone()).await.unwrap();

@@ -310,6 +310,7 @@ impl Registry {
                 }
             }
         }
+        self.check_descriptor_sizes(repo, &parsed).await?;
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         let record = ManifestRecord {
             digest: digest.clone(),
@@ -325,6 +326,34 @@ impl Registry {
         };
         self.meta.put_manifest(repo, record, tag).await?;
         Ok(PushedManifest { digest, subject })
+    }
+
+    /// A descriptor's size must be the size of what it names (clients
+    /// check it on pull, so a wrong one is an image nobody can pull).
+    /// Missing targets are left to the metadata transaction, which refuses
+    /// them with `MANIFEST_BLOB_UNKNOWN`.
+    async fn check_descriptor_sizes(&self, repo: &RepoName, parsed: &ParsedManifest) -> Result<()> {
+        let wrong = |d: &berth_oci::manifest::Descriptor, actual: u64| {
+            RegistryError::ManifestInvalid(format!(
+                "descriptor of {} says {} bytes, but it has {actual}",
+                d.digest, d.size
+            ))
+        };
+        for d in parsed.required_blobs() {
+            if let Some(actual) = self.meta.repo_blob(repo, &d.digest).await? {
+                if actual != d.size as u64 {
+                    return Err(wrong(d, actual));
+                }
+            }
+        }
+        for d in &parsed.manifests {
+            if let Some(child) = self.meta.get_manifest(repo, &Reference::Digest(d.digest.clone())).await? {
+                if child.body.len() as u64 != d.size as u64 {
+                    return Err(wrong(d, child.body.len() as u64));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
