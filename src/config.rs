@@ -491,7 +491,12 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let col = span.start - text[..span.start.min(text.len())].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            // Only the key: the value may be a secret (encryption.key).
             let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            let snippet = match snippet.split_once('=') {
+                Some((key, _)) => format!("{} = …", key.trim()),
+                None => snippet.to_string(),
+            };
             format!("line {line}, column {col}: {msg} (at `{snippet}`)")
         }
         None => msg,
@@ -607,6 +612,8 @@ mod tests {
         assert_eq!(c.registry.upload_ttl_secs, 5);
         let mut t = toml::Table::new();
         assert!(apply_env(&mut t, vec![("BERTH_SERVER_METRICS".into(), "perhaps".into())].into_iter()).is_err());
+        let err = parse_text("[encryption]\nkey = \"c2VjcmV0\" x\n").unwrap_err();
+        assert!(err.contains("line 2") && !err.contains("c2VjcmV0"), "{err}");
         let err = parse_text("[server]\nlisten = \"x\"\n").unwrap_err();
         assert!(err.starts_with("line 2: server.listen"), "{err}");
         let err = parse_text("[log]\nlevel = \"info\"\n\nformat = \"xml\"\n").unwrap_err();

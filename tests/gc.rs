@@ -533,6 +533,50 @@ fn retention_ignores_signature_tags_and_takes_them_with_their_image() {
 }
 
 #[test]
+fn tags_shaped_like_signatures_without_a_subject_are_ordinary_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        tmp.path(),
+        "[gc]\ninterval_secs = 0\ngrace_secs = 0\n[[registry.retention]]\nrepositories = [\"ci/**\"]\nkeep_last = 1\n",
+    );
+    let c = client();
+    let url = &s.url;
+    let fake_lower = format!("sha256-{}.sig", "cd".repeat(32));
+    let fake_upper = format!("sha256-{}.sig", "AB".repeat(32));
+    for tag in [fake_lower.as_str(), fake_upper.as_str(), "v1"] {
+        common::push_image(&c, url, "ci/fake", tag);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let real = gc(&c, url, false);
+    let mut got = list(&real, "tags_deleted");
+    got.sort();
+    let mut want = vec![format!("ci/fake:{fake_lower}"), format!("ci/fake:{fake_upper}")];
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn deleting_an_image_keeps_an_immutable_tag_on_its_signature() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        tmp.path(),
+        "[gc]\ninterval_secs = 0\n[[registry.immutable_tags]]\nrepositories = [\"prod/**\"]\ntags = [\"v\\\\d+\"]\n",
+    );
+    let c = client();
+    let url = &s.url;
+    let (_, subject) = common::push_image(&c, url, "prod/rel", "latest");
+    push_cosign_signature(&c, url, "prod/rel", &subject);
+    // The same signature manifest is also the immutable tag v1.
+    let sig_tag = format!("{}.sig", subject.replace(':', "-"));
+    let sig = c.get(format!("{url}/v2/prod/rel/manifests/{sig_tag}")).send().unwrap().bytes().unwrap();
+    let (status, body) = put_manifest(&c, url, "prod/rel", "v1", &sig, "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(status, 201, "{body}");
+    let r = c.delete(format!("{url}/v2/prod/rel/manifests/{subject}")).send().unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(c.get(format!("{url}/v2/prod/rel/manifests/v1")).send().unwrap().status(), 200);
+}
+
+#[test]
 fn immutable_tags_cannot_move_or_be_deleted() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start_config(

@@ -525,6 +525,20 @@ fn bundles_and_malformed_signatures() {
         assert_denied(url, "prod/disguised", &format!("v{i}"), "no signature");
     }
 
+    // A filesystem layer labelled as a signature payload is not a signature:
+    // its bytes are not what the type says.
+    let tarball = common::random_bytes(2048);
+    let layer = push_blob(&c, url, "prod/disguised", &tarball);
+    let config = push_blob(&c, url, "prod/disguised", br#"{"architecture":"amd64","os":"linux"}"#);
+    for (i, layer_type) in [SIMPLESIGNING, BUNDLE, "application/vnd.dsse.envelope.v1+json"].into_iter().enumerate() {
+        let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 37},
+            "layers": [{"mediaType": layer_type, "digest": layer, "size": tarball.len()}]}).to_string();
+        let r = c.put(format!("{url}/v2/prod/disguised/manifests/labelled{i}")).header("Content-Type", OCI_MANIFEST).body(m).send().unwrap();
+        assert_eq!(r.status(), 201);
+        assert_denied(url, "prod/disguised", &format!("labelled{i}"), "no signature");
+    }
+
     // Nothing above made the server fail.
     assert!(!s.stderr().contains("request failed"), "{}", s.stderr());
 }

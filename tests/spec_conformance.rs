@@ -946,6 +946,32 @@ fn descriptor_sizes_must_match_their_content() {
 }
 
 #[test]
+fn keys_differing_only_in_case_are_refused() {
+    let s = Server::start();
+    let c = client();
+    let m = image_manifest(&s, &c, "case/keys");
+    let mut v: Value = serde_json::from_slice(&m).unwrap();
+    v["Layers"] = v["layers"].clone();
+    let e = assert_error(put_manifest(&s, &c, "case/keys", "v1", OCI_MANIFEST, &serde_json::to_vec(&v).unwrap()), 400, &["MANIFEST_INVALID"]);
+    assert!(e["errors"][0]["message"].as_str().unwrap().contains("Layers"), "{e}");
+}
+
+#[test]
+fn layers_with_urls_must_still_be_in_the_repository() {
+    let s = Server::start();
+    let c = client();
+    let m = image_manifest(&s, &c, "urls/app");
+    let mut v: Value = serde_json::from_slice(&m).unwrap();
+    v["layers"][0]["urls"] = json!(["https://example.invalid/layer"]);
+    let layer = v["layers"][0]["digest"].as_str().unwrap().to_string();
+    put_manifest_ok(&s, &c, "urls/app", "v1", OCI_MANIFEST, &serde_json::to_vec(&v).unwrap());
+    assert_error(delete(&s, &c, &format!("/v2/urls/app/blobs/{layer}")), 405, &["UNSUPPORTED"]);
+    // Never uploaded: refused, whatever `urls` says.
+    v["layers"][0]["digest"] = json!(sha256(b"never pushed"));
+    assert_error(put_manifest(&s, &c, "urls/app", "v2", OCI_MANIFEST, &serde_json::to_vec(&v).unwrap()), 400, &["MANIFEST_BLOB_UNKNOWN"]);
+}
+
+#[test]
 fn index_with_missing_child_is_refused() {
     let s = Server::start();
     let c = client();

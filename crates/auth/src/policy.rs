@@ -106,7 +106,13 @@ impl Policy {
 
 /// Glob match of a repository name; `{user}` stands for the caller's name,
 /// matched literally (a pattern using it never matches anonymous callers).
+/// The name `**` (never a valid repository) stands for "every repository",
+/// as registry-wide actions (the admin endpoints) ask: only the pattern
+/// `**` itself covers it, not a pattern that merely matches the text.
 pub fn pattern_matches(pattern: &str, name: &str, user: Option<&str>) -> bool {
+    if name == "**" {
+        return pattern == "**";
+    }
     if pattern.contains(USER) && user.is_none() {
         return false;
     }
@@ -154,6 +160,14 @@ fn glob(p: &[u8], s: &[u8], user: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_everything_pattern_covers_every_repository() {
+        assert!(pattern_matches("**", "**", None));
+        for p in ["*", "*/**", "**/*", "*/*", "{user}/**"] {
+            assert!(!pattern_matches(p, "**", Some("bob")), "{p}");
+        }
+    }
 
     #[test]
     fn globs() {

@@ -14,7 +14,7 @@ pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.man
 /// Layers that live elsewhere (Windows base layers); never required locally.
 const FOREIGN_LAYER_TYPES: [&str; 2] = [
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar",
 ];
 
 /// Largest manifest accepted, as the spec suggests (4 MiB).
@@ -46,10 +46,13 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    /// A layer stored outside the registry (foreign / non-distributable).
+    /// A layer stored outside the registry: its media type says it is
+    /// foreign (Docker) or non-distributable (OCI). `urls` alone does not
+    /// make a layer foreign: clients fetch an ordinary layer from the
+    /// registry whatever `urls` says, so it must be there.
     pub fn is_foreign(&self) -> bool {
-        FOREIGN_LAYER_TYPES.contains(&self.media_type.as_str())
-            || self.urls.as_ref().is_some_and(|u| !u.is_empty())
+        let t = self.media_type.as_str();
+        FOREIGN_LAYER_TYPES.contains(&t) || t.starts_with("application/vnd.oci.image.layer.nondistributable.")
     }
 }
 
@@ -96,8 +99,43 @@ pub enum ManifestError {
     MediaTypeMismatch { content_type: String, media_type: String },
     #[error("{0}")]
     Shape(&'static str),
+    #[error("key {0:?} differs from another key or a manifest field only in case; clients would read it differently")]
+    AmbiguousKey(String),
     #[error("{0:?} is not a manifest media type: use {OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST} or {DOCKER_MANIFEST_LIST}")]
     UnknownMediaType(String),
+}
+
+/// Field names of manifests and descriptors. Go's JSON decoder, which most
+/// clients use, matches object keys to fields without regard to case (and
+/// the last match wins), while Berth matches them exactly: `"Layers"` next
+/// to `"layers"` would make a client pull layers Berth never checked.
+const FIELDS: &[&str] = &[
+    "schemaVersion", "mediaType", "artifactType", "config", "layers", "manifests", "subject", "annotations",
+    "digest", "size", "urls", "data", "platform", "architecture", "os", "os.version", "os.features", "variant",
+    "features", "fsLayers", "blobSum", "history",
+];
+
+/// Refuses an object holding two keys that differ only in case, or a key
+/// that differs from a manifest field name only in case: the manifest
+/// would mean one thing to Berth and another to Go clients.
+fn refuse_ambiguous_keys(v: &serde_json::Value) -> Result<(), ManifestError> {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut seen = std::collections::HashSet::new();
+            for (key, value) in map {
+                let folded = key.to_ascii_lowercase();
+                let ambiguous = !seen.insert(folded.clone())
+                    || FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key) && f != key);
+                if ambiguous {
+                    return Err(ManifestError::AmbiguousKey(key.clone()));
+                }
+                refuse_ambiguous_keys(value)?;
+            }
+            Ok(())
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(refuse_ambiguous_keys),
+        _ => Ok(()),
+    }
 }
 
 impl ParsedManifest {
@@ -113,6 +151,8 @@ impl ParsedManifest {
         }
         let raw: RawManifest =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let tree: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        refuse_ambiguous_keys(&tree)?;
         if raw.fs_layers.is_some() || raw.schema_version == Some(1) {
             return Err(ManifestError::Schema1);
         }
@@ -221,6 +261,19 @@ mod tests {
     fn content_type_mismatch() {
         let err = ParsedManifest::parse(image("").as_bytes(), Some(DOCKER_MANIFEST)).unwrap_err();
         assert!(matches!(err, ManifestError::MediaTypeMismatch { .. }));
+    }
+
+    #[test]
+    fn keys_that_differ_only_in_case_are_refused() {
+        let twice = image("").replacen('{', r#"{"Layers":[],"#, 1);
+        assert!(matches!(ParsedManifest::parse(twice.as_bytes(), None), Err(ManifestError::AmbiguousKey(k)) if k == "Layers"));
+        let in_descriptor = image("").replace(r#""size":"#, r#""Digest":"sha256:00","size":"#);
+        assert!(matches!(ParsedManifest::parse(in_descriptor.as_bytes(), None), Err(ManifestError::AmbiguousKey(_))));
+        // Annotation keys are free-form, but case twins are still ambiguous.
+        let notes = image(r#","annotations":{"org.example.Note":"a","org.example.note":"b"}"#);
+        assert!(ParsedManifest::parse(notes.as_bytes(), None).is_err());
+        let fine = image(r#","annotations":{"org.example.Note":"a"}"#);
+        ParsedManifest::parse(fine.as_bytes(), None).unwrap();
     }
 
     #[test]

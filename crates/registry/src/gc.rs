@@ -100,7 +100,8 @@ pub(crate) struct Plan {
 fn cosign_subject(tag: &str) -> Option<String> {
     let hex = tag.strip_prefix("sha256-")?;
     let hex = [".sig", ".att", ".sbom"].iter().find_map(|s| hex.strip_suffix(s))?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| format!("sha256:{hex}"))
 }
 
 /// Decides, from one snapshot, everything a run at `now` removes.
@@ -116,12 +117,16 @@ pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
         // cosign's `sha256-<hex>.sig` (and .att, .sbom) tags are not
         // versions of the image: they neither count towards keep_last nor
         // expire on their own; they go with their subject below.
+        let present_names: HashSet<String> = repo.manifests.iter().map(|m| m.digest.to_string()).collect();
+        // A signature tag names a subject that is there; any other tag, even
+        // one shaped like a signature tag, is an ordinary tag.
+        let signs = |tag: &str| cosign_subject(tag).filter(|s| present_names.contains(s));
         let mut removed: HashSet<String> = HashSet::new();
         if let Some(policy) = policies.retention_for(&repo.name).next() {
             let tags: Vec<(String, i64)> = repo
                 .tags
                 .iter()
-                .filter(|t| cosign_subject(&t.name).is_none())
+                .filter(|t| signs(&t.name).is_none())
                 .map(|t| (t.name.clone(), t.updated_at))
                 .collect();
             for name in policy.expired(&tags, now) {
@@ -183,11 +188,9 @@ pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
             let orphaned: Vec<String> = if follow {
                 repo.tags
                     .iter()
-                    .filter(|t| !removed.contains(&t.name))
+                    .filter(|t| !removed.contains(&t.name) && !policies.is_immutable(&repo.name, &t.name))
                     .filter(|t| {
-                        cosign_subject(&t.name).is_some_and(|s| {
-                            present.iter().any(|p| p.to_string() == s && !live.contains(*p))
-                        })
+                        signs(&t.name).is_some_and(|s| present.iter().any(|p| p.to_string() == s && !live.contains(*p)))
                     })
                     .map(|t| t.name.clone())
                     .collect()

@@ -169,6 +169,21 @@ impl Registry {
         Ok(found)
     }
 
+    /// Whether a manifest is a signature artifact that enforcement lets
+    /// through: signature-only layer types (see
+    /// [`berth_sign::is_signature_artifact`]), each present, small and
+    /// holding what its type says (never a filesystem layer).
+    async fn is_exempt_signature(&self, repo: &RepoName, body: &[u8]) -> bool {
+        let Some(layers) = berth_sign::signature_payloads(body) else { return false };
+        for (media_type, digest) in layers {
+            match self.read_signature_layer(repo, &digest).await {
+                Some(bytes) if berth_sign::is_payload_content(&media_type, &bytes) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Reads a signature layer, at most [`berth_sign::MAX_LAYER_BYTES`].
     async fn read_signature_layer(&self, repo: &RepoName, digest: &str) -> Option<Vec<u8>> {
         let digest: Digest = digest.parse().ok()?;
@@ -285,7 +300,7 @@ impl Registry {
     pub async fn pull_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
         let m = self.get_manifest(repo, reference).await?;
         let Some(policy) = self.signatures.policy_for(repo.as_str()) else { return Ok(m) };
-        if policy.mode == VerifyMode::Off || berth_sign::is_signature_artifact(&m.body) {
+        if policy.mode == VerifyMode::Off || self.is_exempt_signature(repo, &m.body).await {
             return Ok(m);
         }
         match self.acceptable(repo, &m.digest, &m.body, &policy.trust).await? {
@@ -307,7 +322,7 @@ impl Registry {
     /// signature yet (push by digest, sign, then tag).
     pub(crate) async fn check_signed_tag(&self, repo: &RepoName, digest: &Digest, body: &[u8]) -> Result<()> {
         let Some(policy) = self.signatures.policy_for(repo.as_str()) else { return Ok(()) };
-        if !policy.require_signed_tags || policy.mode == VerifyMode::Off || berth_sign::is_signature_artifact(body) {
+        if !policy.require_signed_tags || policy.mode == VerifyMode::Off || self.is_exempt_signature(repo, body).await {
             return Ok(());
         }
         match self.acceptable(repo, digest, body, &policy.trust).await? {
@@ -326,7 +341,8 @@ impl Registry {
             return Ok(Vec::new());
         };
         let Some(m) = self.meta.get_manifest(repo, &Reference::Tag(tag.clone())).await? else { return Ok(Vec::new()) };
-        if !berth_sign::is_signature_artifact(&m.body) || self.policies.is_immutable(repo.as_str(), tag.as_str()) {
+        // Deleting the signature drops every tag on it: none may be immutable.
+        if !berth_sign::is_signature_artifact(&m.body) || self.refuse_immutable(repo, &m.digest).await.is_err() {
             return Ok(Vec::new());
         }
         match self.meta.delete_manifest(repo, &m.digest).await {

@@ -157,6 +157,28 @@ pub fn is_signature_artifact(body: &[u8]) -> bool {
     !is_index && !raw.layers.is_empty() && raw.layers.iter().all(|l| payload(&l.media_type))
 }
 
+/// The layers of a signature artifact (see [`is_signature_artifact`]):
+/// media type and digest of each, for the caller to read and check with
+/// [`is_payload_content`]; `None` for anything else.
+pub fn signature_payloads(body: &[u8]) -> Option<Vec<(String, String)>> {
+    if !is_signature_artifact(body) {
+        return None;
+    }
+    let raw = serde_json::from_slice::<RawManifest>(body).ok()?;
+    Some(raw.layers.into_iter().map(|l| (l.media_type, l.digest)).collect())
+}
+
+/// Whether a layer's bytes are what its signature media type says: JSON
+/// for simple signing, bundles, JWS and DSSE; a CBOR array or tag for COSE.
+/// A tar or gzip stream is neither, so a runnable layer cannot pass for a
+/// signature by its media type alone.
+pub fn is_payload_content(media_type: &str, bytes: &[u8]) -> bool {
+    if media_type == COSE {
+        return matches!(bytes.first(), Some(0x80..=0x9f | 0xc0..=0xdb));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
+
 /// What is trusted for one repository: public keys (cosign, sigstore
 /// bundles) and certificate stores (notation).
 #[derive(Debug, Clone, Default)]
