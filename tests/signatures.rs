@@ -408,6 +408,24 @@ fn notation_signatures_need_a_trusted_chain() {
     let other = format!("sha256:{}", "0".repeat(64));
     assert_eq!(push_referrer(url, "notary/other", &m, NOTATION, JOSE, &jws(&good_key, &[&good_leaf], &other, m.len())), 201);
     assert_denied(url, "notary/other", "v1", "names another digest");
+    // An ordinary end-entity certificate of the trusted CA (a TLS server's)
+    // cannot act as an intermediate, nor sign.
+    let tls_leaf = {
+        let mut params = rcgen::CertificateParams::new(vec!["www.acme".to_string()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.clone().signed_by(&key, &rcgen::Issuer::new(acme.params.clone(), &acme.key)).unwrap();
+        Ca { params, key, cert }
+    };
+    let (evil, evil_key) = leaf(&tls_leaf, "attacker");
+    let (m, d) = push_image(&c, url, "notary/via-tls-leaf", "v1");
+    let env = jws(&evil_key, &[&evil, &tls_leaf.cert], &d, m.len());
+    assert_eq!(push_referrer(url, "notary/via-tls-leaf", &m, NOTATION, JOSE, &env), 201);
+    assert_denied(url, "notary/via-tls-leaf", "v1", "trusted certificate authority");
+    let (m, d) = push_image(&c, url, "notary/tls-signer", "v1");
+    let env = jws(&tls_leaf.key, &[&tls_leaf.cert], &d, m.len());
+    assert_eq!(push_referrer(url, "notary/tls-signer", &m, NOTATION, JOSE, &env), 201);
+    assert_denied(url, "notary/tls-signer", "v1", "code-signing");
     // Signed by a key other than the certificate's.
     let (m, d) = push_image(&c, url, "notary/forged", "v1");
     assert_eq!(push_referrer(url, "notary/forged", &m, NOTATION, JOSE, &jws(&bad_key, &[&good_leaf], &d, m.len())), 201);

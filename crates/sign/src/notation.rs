@@ -75,9 +75,50 @@ fn valid_at(cert: &Certificate, now: i64) -> bool {
     from <= now && now <= to
 }
 
+/// Whether a certificate may issue others: a CA (basic constraints) whose
+/// key usage, when stated, includes certificate signing. Without this an
+/// ordinary end-entity certificate (a TLS server's) could vouch for a key.
+fn may_issue(cert: &Certificate) -> bool {
+    use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
+    let tbs = cert.tbs_certificate();
+    let ca = matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
+    let usage = match tbs.get_extension::<KeyUsage>() {
+        Ok(Some((_, ku))) => ku.key_cert_sign(),
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    ca && usage
+}
+
+/// Whether a certificate may sign artifacts, as the Notary Project
+/// requires of a signing certificate: key usage (when stated) includes
+/// digital signatures, extended key usage (when stated) includes code
+/// signing, and it is not a CA.
+fn may_sign_code(cert: &Certificate) -> bool {
+    use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+    const CODE_SIGNING: der::oid::ObjectIdentifier = der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
+    let tbs = cert.tbs_certificate();
+    let not_ca = !matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
+    let usage = match tbs.get_extension::<KeyUsage>() {
+        Ok(Some((_, ku))) => ku.digital_signature(),
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    let extended = match tbs.get_extension::<ExtendedKeyUsage>() {
+        Ok(Some((_, eku))) => eku.0.contains(&CODE_SIGNING),
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    not_ca && usage && extended
+}
+
 /// Follows the chain from the leaf to a trust-store certificate; returns
-/// the name of the store, or why not.
+/// the name of the store, or why not. Every certificate above the leaf
+/// that the chain itself supplies must be allowed to issue certificates.
 fn chain_to_store(chain: &[Certificate], chain_der: &[Vec<u8>], trust: &Trust, now: i64) -> Result<String, String> {
+    if !may_sign_code(&chain[0]) {
+        return Err("the signing certificate is not a code-signing certificate (key usage, extended key usage or CA flag)".into());
+    }
     let mut current = 0usize;
     for _ in 0..MAX_CHAIN {
         let cert = &chain[current];
@@ -92,7 +133,7 @@ fn chain_to_store(chain: &[Certificate], chain_der: &[Vec<u8>], trust: &Trust, n
                 return Ok(store.name.clone());
             }
         }
-        match (0..chain.len()).find(|&i| i != current && signed_by(cert, &chain[i])) {
+        match (0..chain.len()).find(|&i| i != current && may_issue(&chain[i]) && signed_by(cert, &chain[i])) {
             Some(next) => current = next,
             None => break,
         }
