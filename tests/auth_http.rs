@@ -985,3 +985,22 @@ fn http2_clients_get_challenges_naming_the_host_they_addressed() {
     let realm = format!("realm=\"{}/token\"", s.server.url);
     assert!(text.contains(&realm), "no {realm} in {text}");
 }
+
+#[test]
+fn catalog_and_search_with_a_token_list_what_its_user_may_pull() {
+    let s = start("token", true, 100, "");
+    let c = common::client();
+    let admin_token = get_token(&s, &user("admin"), &["repository:users/bob/app:pull,push", "repository:priv/app:pull,push"]);
+    push_image(&s, "users/bob/app", "v1", &Cred::Bearer(admin_token.clone()));
+    push_image(&s, "priv/app", "v1", &Cred::Bearer(admin_token));
+    let bob = Cred::Bearer(get_token(&s, &user("bob"), &["registry:catalog:*"]));
+    let r = request(&c, Method::GET, &s.url("/v2/_catalog"), &bob).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["repositories"], json!(["users/bob/app"]));
+    let r = request(&c, Method::GET, &s.url("/api/v1/search?q=app"), &bob).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    let names: Vec<&str> = v["results"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["users/bob/app"]);
+}

@@ -396,7 +396,7 @@ async fn catalog(state: &ApiState, query: &Query, who: &Principal) -> Result<Res
         let mut scans = 0;
         loop {
             let last_seen = page.items.last().cloned();
-            kept.extend(page.items.drain(..).filter(|r| state.auth.allowed(who, r, Action::Pull)));
+            kept.extend(page.items.drain(..).filter(|r| state.auth.may_list(who, r)));
             scans += 1;
             if kept.len() >= want || !page.more || scans >= MAX_CATALOG_SCANS {
                 break;

@@ -167,7 +167,7 @@ pub(crate) async fn handle(state: &ApiState, req: Incoming) -> Response<Body> {
 /// Repositories the caller may pull.
 fn visible(state: &ApiState, who: &Principal) -> RepoFilter {
     let (auth, who) = (state.auth.clone(), who.clone());
-    Arc::new(move |name: &str| auth.allowed(&who, name, Action::Pull))
+    Arc::new(move |name: &str| auth.may_list(&who, name))
 }
 
 /// With authentication on, an anonymous caller without any anonymous

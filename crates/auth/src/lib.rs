@@ -85,8 +85,10 @@ pub enum Principal {
     Anonymous,
     /// Authenticated with a password.
     User(String),
-    /// Authenticated with a Bearer token: only its grants count.
-    Token { subject: String, access: Vec<Access> },
+    /// Authenticated with a Bearer token: only its grants count for
+    /// access. `local` when this registry issued it (its subject is then
+    /// one of our users, whose policy decides what listings show).
+    Token { subject: String, access: Vec<Access>, local: bool },
 }
 
 impl Principal {
@@ -206,7 +208,8 @@ impl Auth {
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let tokens = self.tokens.as_ref().ok_or(AuthFailure::InvalidToken("token authentication is not enabled".into()))?;
             let claims = tokens.verify_access(rest.trim())?;
-            Ok(Principal::Token { subject: claims.sub, access: claims.access })
+            let local = claims.iss == tokens.issuer();
+            Ok(Principal::Token { subject: claims.sub, access: claims.access, local })
         } else {
             Err(AuthFailure::Malformed("unsupported scheme (use Basic or Bearer)"))
         }
@@ -294,6 +297,19 @@ impl Auth {
             Principal::Token { access, .. } => {
                 access.iter().any(|a| a.grants(repo, action)) || self.policy.allows(None, repo, action)
             }
+        }
+    }
+
+    /// Whether a listing (`_catalog`, search) shows `repo` to `principal`:
+    /// what they may pull. A token grants access to the repositories it
+    /// names, but a catalog token names none: for tokens this registry
+    /// issued, the policy of the token's user decides.
+    pub fn may_list(&self, principal: &Principal, repo: &str) -> bool {
+        match principal {
+            Principal::Token { subject, local: true, .. } if !subject.is_empty() => {
+                self.allowed(principal, repo, Action::Pull) || self.policy.allows(Some(subject), repo, Action::Pull)
+            }
+            _ => self.allowed(principal, repo, Action::Pull),
         }
     }
 
@@ -435,7 +451,7 @@ mod tests {
         assert_eq!(actions_granted(&auth, None, "repository:public/x:*"), ["pull"]);
         assert!(actions_granted(&auth, Some("alice"), "repository:priv:*").is_empty());
         assert!(actions_granted(&auth, Some("alice"), "repository:users/alice/x:admin").is_empty());
-        let root = Principal::Token { subject: "root".into(), access: vec![auth.grant(Some("root"), Access::parse_scope("repository:**:*").unwrap())] };
+        let root = Principal::Token { subject: "root".into(), access: vec![auth.grant(Some("root"), Access::parse_scope("repository:**:*").unwrap())], local: true };
         assert!(auth.allowed(&root, "**", Action::Admin), "the admin endpoints' scope");
     }
 
@@ -444,10 +460,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let auth = token_auth(dir.path());
         assert_eq!(actions_granted(&auth, Some("alice"), "repository:public/x:pull,push"), ["pull"]);
-        let token = Principal::Token { subject: "ci".into(), access: vec![] };
+        let token = Principal::Token { subject: "ci".into(), access: vec![], local: true };
         assert!(auth.allowed(&token, "public/x", Action::Pull));
         assert!(!auth.allowed(&token, "public/x", Action::Push));
         assert!(auth.allowed(&Principal::User("alice".into()), "public/x", Action::Pull));
-        assert_eq!(Principal::Token { subject: String::new(), access: vec![] }.name(), "anonymous");
+        assert_eq!(Principal::Token { subject: String::new(), access: vec![], local: true }.name(), "anonymous");
     }
 }

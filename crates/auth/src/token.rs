@@ -192,6 +192,11 @@ impl TokenService {
         &self.config.service
     }
 
+    /// `iss` of the tokens this registry issues.
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
     /// The token endpoint URL announced in challenges.
     pub fn realm(&self, base_url: &str) -> String {
         if self.config.realm.is_empty() {
