@@ -231,7 +231,9 @@ fn main() -> std::process::ExitCode {
 
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let config = config::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    config::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    // As the server would see it: the file, then BERTH_* variables.
+    let config = config::Config::load(Some(file))?;
     // The users file is checked as start-up would (hash kinds, names).
     if !config.auth.htpasswd.is_empty() {
         let path = std::path::Path::new(&config.auth.htpasswd);
