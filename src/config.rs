@@ -284,6 +284,12 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| anyhow!("server.listen: {:?} is not an address:port ({e})", self.server.listen))?;
+        // A bare word must be a level: tracing would take a typo ("inof")
+        // for a target name and silently log nothing, audit lines included.
+        let level = self.log.level.trim();
+        if !level.contains(['=', ',', ':']) && !matches!(level, "error" | "warn" | "info" | "debug" | "trace" | "off") {
+            bail!("log.level: {level:?} is not error, warn, info, debug, trace or off (or a directive list such as \"info,berth::access=warn\")");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format: must be \"text\" or \"json\", not {:?}", self.log.format);
         }
@@ -614,6 +620,8 @@ mod tests {
         assert!(apply_env(&mut t, vec![("BERTH_SERVER_METRICS".into(), "perhaps".into())].into_iter()).is_err());
         let err = parse_text("[encryption]\nkey = \"c2VjcmV0\" x\n").unwrap_err();
         assert!(err.contains("line 2") && !err.contains("c2VjcmV0"), "{err}");
+        assert!(parse_text("[log]\nlevel = \"inof\"\n").unwrap_err().contains("log.level"));
+        parse_text("[log]\nlevel = \"info,berth::access=warn\"\n").unwrap();
         let err = parse_text("[server]\nlisten = \"x\"\n").unwrap_err();
         assert!(err.starts_with("line 2: server.listen"), "{err}");
         let err = parse_text("[log]\nlevel = \"info\"\n\nformat = \"xml\"\n").unwrap_err();

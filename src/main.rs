@@ -234,6 +234,13 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     config::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     // As the server would see it: the file, then BERTH_* variables.
     let config = config::Config::load(Some(file))?;
+    // Files the server reads at start-up must be there.
+    let files = [("tls.cert", &config.tls.cert), ("tls.key", &config.tls.key), ("encryption.key_file", &config.encryption.key_file)];
+    for (key, path) in files {
+        if !path.is_empty() {
+            std::fs::metadata(path).with_context(|| format!("{key}: {path}"))?;
+        }
+    }
     // The users file is checked as start-up would (hash kinds, names).
     if !config.auth.htpasswd.is_empty() {
         let path = std::path::Path::new(&config.auth.htpasswd);

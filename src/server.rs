@@ -151,11 +151,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                             let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {
-                                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                                    tracing::warn!(client = %peer, error = %e, "TLS handshake failed");
                                     return;
                                 }
                                 Err(_) => {
-                                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                                    tracing::warn!(client = %peer, "TLS handshake timed out");
                                     return;
                                 }
                             };

@@ -146,6 +146,13 @@ pub fn self_signed(hosts: &[String], out: &Path, days: u32) -> anyhow::Result<()
         bail!("give at least one --host (a DNS name or IP address)");
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Never replace a CA: clients that trust it would stop trusting the
+    // server the moment it reloads the new certificate.
+    for name in ["ca.crt", "ca.key", "server.crt", "server.key"] {
+        if out.join(name).exists() {
+            bail!("{} already exists: choose another --out, or remove the old files first", out.join(name).display());
+        }
+    }
     let now = time::OffsetDateTime::now_utc();
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -347,3 +347,15 @@ fn docker_engine_over_tls() {
     assert!(s.url.starts_with("https://"));
     eprintln!("docker TLS test: ran");
 }
+
+#[test]
+fn self_signed_never_replaces_an_existing_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tls");
+    self_signed(&out);
+    let before = std::fs::read(out.join("ca.key")).unwrap();
+    let o = output(Command::new(env!("CARGO_BIN_EXE_berth")).args(["tls", "self-signed", "--host", "127.0.0.1", "--out"]).arg(&out));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(out.join("ca.key")).unwrap(), before);
+}

@@ -31,7 +31,7 @@
   }));
   document.querySelectorAll("button[data-delete-tag]").forEach((b) => b.addEventListener("click", () => {
     const repo = b.getAttribute("data-repo"), tag = b.getAttribute("data-delete-tag");
-    if (!confirm("Delete tag " + tag + " of " + repo + "? The image stays if other tags point at it.")) return;
+    if (!confirm("Delete tag " + tag + " of " + repo + "? The image stays pullable by digest (and under its other tags) until garbage collection removes untagged images, if configured to.")) return;
     fetch("/v2/" + repo + "/manifests/" + encodeURIComponent(tag), {method: "DELETE", credentials: "same-origin"})
       .then((r) => {
         if (r.status === 202) { const row = b.closest("tr"); if (row) row.remove(); }

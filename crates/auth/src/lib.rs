@@ -203,6 +203,11 @@ impl Auth {
         }
         let (scheme, rest) = header.split_once(' ').ok_or(AuthFailure::Malformed("expected `<scheme> <credentials>`"))?;
         if scheme.eq_ignore_ascii_case("basic") {
+            // `Basic Og==` (":"): the Docker engine's v1 search sends empty
+            // credentials when it has none. That is no login at all.
+            if rest.trim() == "Og==" {
+                return Ok(Principal::Anonymous);
+            }
             let (user, password) = decode_basic(rest.trim())?;
             self.check_password(&user, &password, client).await.map(Principal::User)
         } else if scheme.eq_ignore_ascii_case("bearer") {

@@ -205,7 +205,11 @@ pub fn read_blob(path: &Path, ring: Keyring, range: Option<ByteRange>) -> io::Re
         .unwrap_or_else(|e| Err(io::Error::other(e)));
         match result {
             Ok((bytes, s)) => Some((Ok(bytes), Some((s, false)))),
-            Err(e) => Some((Err(e), None)),
+            Err(e) => {
+                // The client only sees the stream end early: say why here.
+                tracing::error!(error = %e, "reading a sealed blob failed (altered or truncated on disk?); the response was cut short");
+                Some((Err(e), None))
+            }
         }
     })
     .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())));
