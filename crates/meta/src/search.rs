@@ -262,9 +262,17 @@ fn filters(c: &Connection, q: &SearchQuery) -> rusqlite::Result<Option<Vec<Filte
     Ok(Some(out))
 }
 
+/// A broad label filter matching at most this many repositories is read
+/// into a set once per search (~1 MB, a few milliseconds) rather than
+/// queried once per candidate.
+const LABEL_SET_LIMIT: usize = 20_000;
+
 /// Decides whether one repository matches a query and the caller may see it.
 struct Matcher<'a> {
     c: &'a Connection,
+    /// Repositories of a broad label filter, read once when candidates are
+    /// checked against it (`None`: too many to hold, checked per row).
+    label_sets: std::cell::RefCell<std::collections::HashMap<(String, String), Option<HashSet<i64>>>>,
     /// Terms shorter than a trigram, matched against names and tags.
     short: Vec<&'a str>,
     filters: Vec<Filter>,
@@ -279,9 +287,26 @@ impl Matcher<'_> {
             let ok = match f {
                 Filter::Ids(ids) => ids.contains(&id),
                 Filter::Label(k, v) => {
-                    let mut stmt =
-                        self.c.prepare_cached("SELECT 1 FROM search_labels WHERE key = ?1 AND value = ?2 AND repo_id = ?3")?;
-                    stmt.exists(params![k, v, id])?
+                    let mut sets = self.label_sets.borrow_mut();
+                    let set = match sets.get(&(k.clone(), v.clone())) {
+                        Some(set) => set,
+                        None => {
+                            let mut stmt = self.c.prepare_cached("SELECT repo_id FROM search_labels WHERE key = ?1 AND value = ?2 LIMIT ?3")?;
+                            let ids = stmt
+                                .query_map(params![k, v, LABEL_SET_LIMIT as i64 + 1], |r| r.get(0))?
+                                .collect::<rusqlite::Result<HashSet<i64>>>()?;
+                            sets.entry((k.clone(), v.clone())).or_insert((ids.len() <= LABEL_SET_LIMIT).then_some(ids))
+                        }
+                    };
+                    match set {
+                        Some(ids) => ids.contains(&id),
+                        None => {
+                            let mut stmt = self
+                                .c
+                                .prepare_cached("SELECT 1 FROM search_labels WHERE key = ?1 AND value = ?2 AND repo_id = ?3")?;
+                            stmt.exists(params![k, v, id])?
+                        }
+                    }
                 }
                 Filter::Platform(p, lo, _) => platforms.split_whitespace().any(|x| x == p || x.starts_with(lo.as_str())),
             };
@@ -400,6 +425,7 @@ pub(crate) fn search(c: &Connection, q: &SearchQuery, allow: &RepoFilter) -> rus
     let long: Vec<String> = q.terms.iter().filter(|t| t.chars().count() >= 3).map(|t| phrase(t)).collect();
     let m = Matcher {
         c,
+        label_sets: Default::default(),
         short: q.terms.iter().filter(|t| t.chars().count() < 3).map(String::as_str).collect(),
         filters,
         allow,
