@@ -154,12 +154,19 @@ pub(crate) async fn enforce(State(state): State<ApiState>, mut req: Request<Body
         }
     };
     if let Err(what) = verdict {
-        tracing::warn!(
-            target: "berth::audit",
-            user = principal.name(), client = %ip, method = %method, path = %path,
-            action = what.map(|(_, a)| a.as_str()).unwrap_or("login"), result = "denied",
-            "access denied"
-        );
+        // An anonymous request that only needs an identity is the first
+        // step of every login (clients ping /v2/ without credentials and
+        // read the challenge): a debug line, not an audit warning.
+        if what.is_none() && anonymous {
+            tracing::debug!(target: "berth::audit", client = %ip, method = %method, path = %path, "challenge sent");
+        } else {
+            tracing::warn!(
+                target: "berth::audit",
+                user = principal.name(), client = %ip, method = %method, path = %path,
+                action = what.map(|(_, a)| a.as_str()).unwrap_or("login"), result = "denied",
+                "access denied"
+            );
+        }
         // A caller with no identity (including an anonymous token) is asked
         // to log in; an identified one is denied.
         return if principal.is_anonymous() {

@@ -358,10 +358,11 @@ fn home_page(q: &str, found: &SearchPage) -> String {
     let mut body = format!(
         "<input id=\"q\" class=\"search\" type=\"search\" autocomplete=\"off\" autofocus placeholder=\"Search repositories, tags, labels…\" value=\"{}\">\
 <div class=\"hint\">Filters: <code>label:key=value</code>, <code>platform:linux/arm64</code></div><div id=\"results\">\
-<div class=\"muted\" id=\"count\">{}{} repositories</div>",
+<div class=\"muted\" id=\"count\">{}{} {}</div>",
         esc(q),
         found.total,
-        if found.more { "+" } else { "" }
+        if found.more { "+" } else { "" },
+        if found.total == 1 && !found.more { "repository" } else { "repositories" }
     );
     for h in &found.hits {
         let _ = write!(

@@ -18,7 +18,7 @@
             (r.description ? '<div class="muted">' + esc(r.description) + "</div>" : "") +
             "<div>" + r.tags.map((t) => '<span class="chip">' + esc(t) + "</span>").join("") +
             r.platforms.map((p) => '<span class="chip">' + esc(p) + "</span>").join("") + "</div></div>");
-          out.innerHTML = '<div class="muted" id="count">' + data.num_results + (data.num_results_exact === false ? "+" : "") + " repositories</div>" + items.join("");
+          out.innerHTML = '<div class="muted" id="count">' + data.num_results + (data.num_results_exact === false ? "+" : "") + (data.num_results === 1 && data.num_results_exact !== false ? " repository</div>" : " repositories</div>") + items.join("");
         })
         .catch(() => {});
     };
