@@ -94,6 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth: Arc::new(auth),
         metrics,
         body_idle_timeout: Duration::from_secs(config.server.body_idle_timeout_secs),
+        loopback_only: config.listen_addr().ip().is_loopback(),
     });
 
     spawn_upload_expiry(registry.clone());

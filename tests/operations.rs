@@ -144,3 +144,14 @@ fn cross_site_form_posts_are_refused() {
     let r = c.post(format!("{}/admin/gc?dry_run=true", s.url)).send().unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[test]
+fn a_loopback_registry_answers_only_requests_naming_a_loopback_host() {
+    let s = Server::start();
+    let c = client();
+    // What a page on a rebound name (DNS rebinding) would send.
+    let r = c.get(format!("{}/v2/_catalog", s.url)).header("Host", "evil.example:5000").send().unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c.get(format!("{}/v2/_catalog", s.url)).header("Host", format!("localhost:{}", s.addr.rsplit(':').next().unwrap())).send().unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub metrics: Option<MetricsRender>,
     /// Longest wait for the next piece of a request body before giving up.
     pub body_idle_timeout: Duration,
+    /// Listening on a loopback address: requests must name a loopback host.
+    pub loopback_only: bool,
 }
 
 /// The complete HTTP application.
@@ -48,6 +50,14 @@ pub fn app(state: ApiState) -> axum::Router {
 }
 
 async fn dispatch(State(state): State<ApiState>, req: Request<Body>) -> Response<Body> {
+    if state.loopback_only && !names_loopback(&req) {
+        // DNS rebinding: a page of evil.example resolved to 127.0.0.1 sends
+        // `Host: evil.example`. Local clients say 127.0.0.1 or localhost.
+        return error::ApiError::Registry(berth_registry::RegistryError::Denied(
+            "this registry listens on loopback only: address it as 127.0.0.1, [::1] or localhost".into(),
+        ))
+        .into_response();
+    }
     if is_cross_site_write(&req) {
         return error::ApiError::Registry(berth_registry::RegistryError::Denied(
             "cross-site request refused: changes come from registry clients or pages of this registry".into(),
@@ -78,6 +88,18 @@ fn is_cross_site_write(req: &Request<Body>) -> bool {
     request_host(req).as_deref() != Some(origin_host)
 }
 
+/// Whether the request addresses a loopback host (or names none).
+fn names_loopback(req: &Request<Body>) -> bool {
+    let Some(host) = request_host(req) else { return true };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host.as_str(), |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host.as_str() }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The host (and port) the client addressed: the `Host` header, or in
 /// HTTP/2 the request's `:authority`. Only plain host characters pass, as
 /// it is written back into challenges and pages.
@@ -100,6 +122,16 @@ mod tests {
             b = b.header(*k, *v);
         }
         b.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1:5000", "127.0.0.1", "localhost:5000", "LOCALHOST", "[::1]:5000", "127.8.9.10:1", "reg.localhost:5000"] {
+            assert!(names_loopback(&req("GET", &[("host", host)])), "{host}");
+        }
+        for host in ["evil.example:5000", "10.0.0.1:5000", "localhost.evil.example", "[2001:db8::1]:5000"] {
+            assert!(!names_loopback(&req("GET", &[("host", host)])), "{host}");
+        }
     }
 
     #[test]
