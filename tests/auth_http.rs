@@ -1004,3 +1004,33 @@ fn catalog_and_search_with_a_token_list_what_its_user_may_pull() {
     let names: Vec<&str> = v["results"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["users/bob/app"]);
 }
+
+#[test]
+fn filtered_catalog_pages_link_on_past_what_the_caller_cannot_see() {
+    let s = start("basic", true, 100, "");
+    let admin = user("admin");
+    for i in 0..5 {
+        push_image(&s, &format!("aaa/hidden{i}"), "v1", &admin);
+    }
+    push_image(&s, "public/zzz", "v1", &admin);
+    let c = common::client();
+    // n=1: every scanned page is hidden from an anonymous caller until the
+    // end; following Link must still reach public/zzz.
+    let mut url = s.url("/v2/_catalog?n=1");
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let r = c.get(&url).send().unwrap();
+        assert_eq!(r.status(), 200);
+        let link = r.headers().get("link").map(|l| l.to_str().unwrap().to_string());
+        let v: Value = r.json().unwrap();
+        seen.extend(v["repositories"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()));
+        match link {
+            Some(l) => url = s.url(l.split(';').next().unwrap().trim().trim_start_matches('<').trim_end_matches('>')),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["public/zzz".to_string()]);
+    // Invalid names are refused before any rule is matched.
+    let r = c.get(s.url(&format!("/v2/{}/tags/list", "A".repeat(300)))).send().unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -105,6 +105,13 @@ pub(crate) async fn enforce(State(state): State<ApiState>, mut req: Request<Body
     let method = req.method().clone();
     let route = route::parse(&path);
     let needs = needs(&route, &method);
+    // An invalid name is refused before it is matched against rules or
+    // written into a challenge (names are bounded by the grammar).
+    if let Needs::Repo(repo, _) = &needs {
+        if *repo != "**" && berth_oci::RepoName::parse(repo).is_none() {
+            return error(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, "invalid repository name");
+        }
+    }
     let ip = client_ip(&req);
     let scope = match &needs {
         Needs::Repo(repo, action) => Some(scope_for(repo, *action)),
@@ -219,9 +226,11 @@ pub(crate) async fn token_endpoint(state: &ApiState, req: Request<Body>) -> Resp
         }
         req.uri().query().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default()
     } else if req.method() == Method::POST {
-        let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), MAX_FORM)).await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return error(StatusCode::BAD_REQUEST, ErrorCode::Unsupported, "token request form too large or unreadable"),
+        let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), MAX_FORM));
+        let body = match tokio::time::timeout(state.body_idle_timeout, read).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, ErrorCode::Unsupported, "token request form too large or unreadable"),
+            Err(_) => return error(StatusCode::BAD_REQUEST, ErrorCode::Unsupported, "token request form did not arrive in time"),
         };
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
         let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());

@@ -370,13 +370,17 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> Response<Body> {
 
 /// `Link: </v2/...?n=N&last=X>; rel="next"` when a page is not the last.
 fn paginated(path: &str, page: &Page, body: String) -> Response<Body> {
+    let cursor = if page.more { page.items.last().map(String::as_str) } else { None };
+    paginated_after(path, cursor, page.items.len(), body)
+}
+
+/// A page whose `Link` continues after `cursor` (the last name looked at,
+/// which a filtered page need not show) with pages of `n`.
+fn paginated_after(path: &str, cursor: Option<&str>, n: usize, body: String) -> Response<Body> {
     let mut resp = json(StatusCode::OK, body, false);
-    if page.more {
-        if let Some(last) = page.items.last() {
-            let query = serde_urlencoded::to_string([("n", page.items.len().to_string()), ("last", last.clone())])
-                .unwrap_or_default();
-            set(&mut resp, header::LINK, &format!("<{path}?{query}>; rel=\"next\""));
-        }
+    if let Some(last) = cursor {
+        let query = serde_urlencoded::to_string([("n", n.max(1).to_string()), ("last", last.to_string())]).unwrap_or_default();
+        set(&mut resp, header::LINK, &format!("<{path}?{query}>; rel=\"next\""));
     }
     resp
 }
@@ -394,8 +398,9 @@ async fn catalog(state: &ApiState, query: &Query, who: &Principal) -> Result<Res
         let want = page.items.len();
         let mut kept: Vec<String> = Vec::new();
         let mut scans = 0;
+        let mut last_seen = None;
         loop {
-            let last_seen = page.items.last().cloned();
+            last_seen = page.items.last().cloned().or(last_seen);
             kept.extend(page.items.drain(..).filter(|r| state.auth.may_list(who, r)));
             scans += 1;
             if kept.len() >= want || !page.more || scans >= MAX_CATALOG_SCANS {
@@ -403,9 +408,19 @@ async fn catalog(state: &ApiState, query: &Query, who: &Principal) -> Result<Res
             }
             page = state.registry.catalog(n, last_seen.as_deref()).await?;
         }
-        let more = page.more || kept.len() > want;
-        kept.truncate(want);
-        page = Page { items: kept, more };
+        // Continue after the last name shown when the page is full, else
+        // after the last name scanned: a page the caller may see nothing of
+        // still links on, so clients reach the repositories beyond it.
+        let cursor = if kept.len() > want {
+            kept.truncate(want);
+            kept.last().cloned()
+        } else if page.more {
+            last_seen
+        } else {
+            None
+        };
+        let body = serde_json::json!({ "repositories": kept }).to_string();
+        return Ok(paginated_after("/v2/_catalog", cursor.as_deref(), want, body));
     }
     let body = serde_json::json!({ "repositories": page.items }).to_string();
     Ok(paginated("/v2/_catalog", &page, body))
@@ -450,10 +465,18 @@ const MANIFEST_DRAIN_BYTES: usize = 4 * 1024 * 1024;
 /// Reads a request body of at most `limit` bytes into memory. A larger one
 /// is drained (up to [`MANIFEST_DRAIN_BYTES`] more, never kept) and gives
 /// `None`.
-async fn read_bounded(mut body: Body, limit: usize) -> Result<Option<bytes::Bytes>> {
+async fn read_bounded(mut body: Body, limit: usize, idle: Duration) -> Result<Option<bytes::Bytes>> {
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A client that stops sending mid-body is not waited for forever.
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(ApiError::Registry(berth_registry::RegistryError::ManifestInvalid(format!(
+                "the body stalled for {} s",
+                idle.as_secs()
+            ))));
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| ApiError::Registry(berth_registry::RegistryError::ManifestInvalid(format!("could not read body: {e}"))))?;
         let Ok(data) = frame.into_data() else { continue };
         seen = seen.saturating_add(data.len());
@@ -479,7 +502,7 @@ async fn put_manifest(state: &ApiState, repo: &RepoName, reference: &Reference, 
         // see the connection close before it reads the answer).
         return Err(too_large());
     }
-    let body = read_bounded(req.into_body(), limit).await?.ok_or_else(too_large)?;
+    let body = read_bounded(req.into_body(), limit, state.body_idle_timeout).await?.ok_or_else(too_large)?;
     let pushed = state.registry.put_manifest(repo, reference, content_type.as_deref(), body).await?;
     let mut resp = empty(StatusCode::CREATED);
     set(&mut resp, header::LOCATION, &format!("/v2/{repo}/manifests/{}", pushed.digest));

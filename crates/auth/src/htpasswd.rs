@@ -171,15 +171,24 @@ impl Htpasswd {
 
     /// Checks a password on a blocking thread (bcrypt is slow by design).
     pub async fn verify(&self, user: &str, password: &str) -> bool {
+        self.verify_holding(user, password, ()).await
+    }
+
+    /// As [`Htpasswd::verify`], holding `slot` (a concurrency permit) until
+    /// the bcrypt job itself ends, even if the caller stops waiting.
+    pub async fn verify_holding<S: Send + 'static>(&self, user: &str, password: &str, slot: S) -> bool {
         let known = self.hash(user);
         let hash = known.clone().unwrap_or_else(|| self.dummy.clone());
         if hash.is_empty() {
             return false;
         }
         let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            bcrypt::verify(password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
         ok && known.is_some()
     }
 }

@@ -143,7 +143,7 @@ pub struct Auth {
     /// Password checks in progress, by the same key as `cache`.
     inflight: Mutex<HashMap<[u8; 32], std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// bcrypt is deliberately slow: bound how many run at once.
-    bcrypt_slots: tokio::sync::Semaphore,
+    bcrypt_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Auth {
@@ -171,7 +171,7 @@ impl Auth {
             cache: Mutex::new(HashMap::new()),
             cache_salt: rand::random(),
             inflight: Mutex::new(HashMap::new()),
-            bcrypt_slots: tokio::sync::Semaphore::new(slots),
+            bcrypt_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots)),
         })
     }
 
@@ -243,12 +243,28 @@ impl Auth {
             inflight.entry(key).or_insert_with(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))).clone()
         };
         let _turn = gate.lock().await;
-        if let Some(name) = self.cached(&key, user) {
+        // Whatever happens next, including the client hanging up (which
+        // drops this future), the gate entry goes.
+        let _entry = OnDrop(|| {
             self.inflight.lock().unwrap().remove(&key);
+        });
+        if let Some(name) = self.cached(&key, user) {
             return Ok(name);
         }
-        let _slot = self.bcrypt_slots.acquire().await.map_err(|_| AuthFailure::BadCredentials)?;
-        let ok = self.users.verify(user, password).await;
+        // A failed check counts against the user and the address, and so
+        // does one abandoned half way: otherwise a guesser who hangs up
+        // before the answer is never rate limited.
+        let succeeded = std::sync::atomic::AtomicBool::new(false);
+        let _failure = OnDrop(|| {
+            if !succeeded.load(std::sync::atomic::Ordering::Relaxed) {
+                self.limiter.fail(&user_key);
+                self.limiter.fail(&ip_key);
+            }
+        });
+        // The permit moves into the blocking bcrypt job and is released when
+        // that job ends, not when this future is dropped.
+        let slot = self.bcrypt_slots.clone().acquire_owned().await.map_err(|_| AuthFailure::BadCredentials)?;
+        let ok = self.users.verify_holding(user, password, slot).await;
         if ok {
             let mut cache = self.cache.lock().unwrap();
             if cache.len() >= CACHE_MAX {
@@ -256,12 +272,9 @@ impl Auth {
             }
             cache.insert(key, (user.to_string(), Instant::now()));
             drop(cache);
-            self.inflight.lock().unwrap().remove(&key);
+            succeeded.store(true, std::sync::atomic::Ordering::Relaxed);
             Ok(user.to_string())
         } else {
-            self.inflight.lock().unwrap().remove(&key);
-            self.limiter.fail(&user_key);
-            self.limiter.fail(&ip_key);
             tracing::warn!(target: "berth::audit", user, client = %client, "login failed");
             Err(AuthFailure::BadCredentials)
         }
@@ -470,5 +483,15 @@ mod tests {
         assert!(!auth.allowed(&token, "public/x", Action::Push));
         assert!(auth.allowed(&Principal::User("alice".into()), "public/x", Action::Pull));
         assert_eq!(Principal::Token { subject: String::new(), access: vec![], local: true }.name(), "anonymous");
+    }
+}
+
+/// Runs a closure when dropped: clean-up that must happen also when an
+/// async caller is cancelled mid-way.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }

@@ -41,6 +41,9 @@ pub struct ParsedQuery {
 /// Splits `q` into terms and `label:key=value` / `platform:os/arch` filters.
 pub fn parse_query(q: &str) -> ParsedQuery {
     let mut out = ParsedQuery::default();
+    // Control characters (a NUL would cut SQLite's MATCH text short) are
+    // word separators.
+    let q: String = q.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     for word in q.split_whitespace().take(16) {
         if let Some(l) = word.strip_prefix("label:") {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));

@@ -165,7 +165,15 @@ pub fn signature_payloads(body: &[u8]) -> Option<Vec<(String, String)>> {
         return None;
     }
     let raw = serde_json::from_slice::<RawManifest>(body).ok()?;
-    Some(raw.layers.into_iter().map(|l| (l.media_type, l.digest)).collect())
+    // Real signature artifacts have a layer or a few: a manifest listing
+    // more would have every pull read them all.
+    if raw.layers.len() > MAX_LAYERS {
+        return None;
+    }
+    let mut layers: Vec<(String, String)> = raw.layers.into_iter().map(|l| (l.media_type, l.digest)).collect();
+    layers.sort();
+    layers.dedup();
+    Some(layers)
 }
 
 /// Whether a layer's bytes are what its signature media type says: JSON
