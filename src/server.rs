@@ -114,6 +114,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.server.header_read_timeout_secs));
+    // HTTP/2 has no header timeout: pings find dead peers, so idle
+    // connections that stop answering are closed.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(config.server.header_read_timeout_secs.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {

@@ -110,7 +110,7 @@ pub struct Claims {
     pub pwd: Option<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TokenRequest {
     pub username: Option<String>,
     pub password: Option<String>,
@@ -118,6 +118,20 @@ pub struct TokenRequest {
     pub scopes: Vec<String>,
     /// Whether a refresh token is wanted (`offline_token=true`, `access_type=offline`).
     pub offline: bool,
+}
+
+/// Secrets never reach a `{:?}`.
+impl std::fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("TokenRequest")
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("refresh_token", &hidden(&self.refresh_token))
+            .field("scopes", &self.scopes)
+            .field("offline", &self.offline)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -198,8 +198,16 @@ impl Registry {
         let id = UploadId::random();
         // Registered as a session only so the expiry sweep leaves it alone.
         self.session(&id, digest.algorithm());
+        // If the client hangs up, this future is dropped mid-way: the
+        // session goes with it, so the next sweep removes the partial file.
+        struct Forget<'a>(&'a Registry, &'a UploadId);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.forget_session(self.1);
+            }
+        }
+        let _forget = Forget(self, &id);
         if let Err(e) = self.blobs.create_upload(&id).await {
-            self.forget_session(&id);
             return Err(e.into());
         }
         let mut state = HashState { hasher: Hasher::new(digest.algorithm()), hashed: 0 };
@@ -220,12 +228,10 @@ impl Registry {
                 if committed.is_err() {
                     let _ = self.blobs.abort_upload(&id).await;
                 }
-                self.forget_session(&id);
                 committed
             }
             Err(e) => {
                 let _ = self.blobs.abort_upload(&id).await;
-                self.forget_session(&id);
                 Err(e)
             }
         }
