@@ -342,18 +342,14 @@ impl TokenService {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) of the concatenated `parts`.
+/// HMAC-SHA256 of the concatenated `parts`.
 fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
-    for (i, k) in key.iter().enumerate() {
-        ipad[i] ^= k;
-        opad[i] ^= k;
-    }
-    let mut inner = sha2::Sha256::new().chain_update(ipad);
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
-        inner.update(p);
+        mac.update(p);
     }
-    sha2::Sha256::new().chain_update(opad).chain_update(inner.finalize()).finalize().into()
+    mac.finalize().into_bytes().into()
 }
 
 /// Reads `iss` without verifying, only to pick the key to verify with.
