@@ -95,15 +95,6 @@ pub(crate) struct Plan {
     pub blobs: Vec<(Digest, u64)>,
 }
 
-/// The subject digest a cosign tag (`sha256-<hex>.sig`, `.att`, `.sbom`)
-/// names, as `sha256:<hex>`.
-fn cosign_subject(tag: &str) -> Option<String> {
-    let hex = tag.strip_prefix("sha256-")?;
-    let hex = [".sig", ".att", ".sbom"].iter().find_map(|s| hex.strip_suffix(s))?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| format!("sha256:{hex}"))
-}
-
 /// Decides, from one snapshot, everything a run at `now` removes.
 pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
     let grace_cutoff = now - policies.gc.grace.as_secs() as i64;
@@ -117,10 +108,10 @@ pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
         // cosign's `sha256-<hex>.sig` (and .att, .sbom) tags are not
         // versions of the image: they neither count towards keep_last nor
         // expire on their own; they go with their subject below.
-        let present_names: HashSet<String> = repo.manifests.iter().map(|m| m.digest.to_string()).collect();
+        let by_name: HashMap<String, &Digest> = repo.manifests.iter().map(|m| (m.digest.to_string(), &m.digest)).collect();
         // A signature tag names a subject that is there; any other tag, even
         // one shaped like a signature tag, is an ordinary tag.
-        let signs = |tag: &str| cosign_subject(tag).filter(|s| present_names.contains(s));
+        let signs = |tag: &str| berth_sign::cosign::tag_subject(tag).and_then(|s| by_name.get(&s).copied());
         let mut removed: HashSet<String> = HashSet::new();
         if let Some(policy) = policies.retention_for(&repo.name).next() {
             let tags: Vec<(String, i64)> = repo
@@ -189,9 +180,7 @@ pub(crate) fn plan(snap: &GcSnapshot, policies: &Policies, now: i64) -> Plan {
                 repo.tags
                     .iter()
                     .filter(|t| !removed.contains(&t.name) && !policies.is_immutable(&repo.name, &t.name))
-                    .filter(|t| {
-                        signs(&t.name).is_some_and(|s| present.iter().any(|p| p.to_string() == s && !live.contains(*p)))
-                    })
+                    .filter(|t| signs(&t.name).is_some_and(|subject| !live.contains(subject)))
                     .map(|t| t.name.clone())
                     .collect()
             } else {

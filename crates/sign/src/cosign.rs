@@ -16,9 +16,10 @@ pub fn signature_tag(digest: &str) -> Option<String> {
     (!alg.is_empty() && !hex.is_empty()).then(|| format!("{alg}-{hex}.sig"))
 }
 
-/// The digest a `sha256-<hex>.sig` tag refers to.
+/// The digest a cosign tag refers to: `sha256-<hex>` followed by `.sig`
+/// (signatures), `.att` (attestations) or `.sbom`, lowercase hex only.
 pub fn tag_subject(tag: &str) -> Option<String> {
-    let stem = tag.strip_suffix(".sig")?;
+    let stem = [".sig", ".att", ".sbom"].iter().find_map(|s| tag.strip_suffix(s))?;
     let (alg, hex) = stem.split_once('-')?;
     (alg == "sha256" && hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
         .then(|| format!("{alg}:{hex}"))
@@ -139,6 +140,10 @@ mod tests {
         assert_eq!(tag_subject(&t).unwrap(), d);
         assert!(tag_subject("latest").is_none());
         assert!(tag_subject("sha256-abc.sig").is_none());
+        for suffix in ["att", "sbom"] {
+            assert_eq!(tag_subject(&format!("sha256-{}.{suffix}", "ab".repeat(32))).unwrap(), d);
+        }
+        assert!(tag_subject(&format!("sha256-{}.sig", "AB".repeat(32))).is_none());
     }
 
     #[test]
