@@ -92,6 +92,8 @@ struct RawManifest {
     config: Option<RawDescriptor>,
     #[serde(default)]
     layers: Vec<RawDescriptor>,
+    /// Present in indexes (which are never signature artifacts).
+    manifests: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(serde::Deserialize)]
@@ -147,30 +149,29 @@ pub fn parse_manifest(body: &[u8]) -> Option<SignatureManifest> {
 /// proves nothing: a runnable image can claim any `artifactType`, so one
 /// filesystem layer (or a list of child manifests) disqualifies it.
 pub fn is_signature_artifact(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Shape {
-        manifests: Option<serde::de::IgnoredAny>,
-    }
-    let Ok(raw) = serde_json::from_slice::<RawManifest>(body) else { return false };
-    let is_index = serde_json::from_slice::<Shape>(body).map_or(true, |s| s.manifests.is_some());
+    signature_layers(body).is_some()
+}
+
+/// The layers of a signature artifact (see [`is_signature_artifact`]), from
+/// one parse of the body; `None` for anything else.
+fn signature_layers(body: &[u8]) -> Option<Vec<RawDescriptor>> {
+    let raw = serde_json::from_slice::<RawManifest>(body).ok()?;
     let payload = |t: &str| t == COSIGN_SIMPLESIGNING || is_bundle_type(t) || t == JOSE_JSON || t == COSE || t == DSSE_ENVELOPE;
-    !is_index && !raw.layers.is_empty() && raw.layers.iter().all(|l| payload(&l.media_type))
+    (raw.manifests.is_none() && !raw.layers.is_empty() && raw.layers.iter().all(|l| payload(&l.media_type)))
+        .then_some(raw.layers)
 }
 
 /// The layers of a signature artifact (see [`is_signature_artifact`]):
 /// media type and digest of each, for the caller to read and check with
 /// [`is_payload_content`]; `None` for anything else.
 pub fn signature_payloads(body: &[u8]) -> Option<Vec<(String, String)>> {
-    if !is_signature_artifact(body) {
-        return None;
-    }
-    let raw = serde_json::from_slice::<RawManifest>(body).ok()?;
+    let layers = signature_layers(body)?;
     // Real signature artifacts have a layer or a few: a manifest listing
     // more would have every pull read them all.
-    if raw.layers.len() > MAX_LAYERS {
+    if layers.len() > MAX_LAYERS {
         return None;
     }
-    let mut layers: Vec<(String, String)> = raw.layers.into_iter().map(|l| (l.media_type, l.digest)).collect();
+    let mut layers: Vec<(String, String)> = layers.into_iter().map(|l| (l.media_type, l.digest)).collect();
     layers.sort();
     layers.dedup();
     Some(layers)
