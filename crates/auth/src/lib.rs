@@ -430,6 +430,16 @@ pub fn decode_basic(b64: &str) -> Result<(String, String), AuthFailure> {
     Ok((user.to_string(), password.to_string()))
 }
 
+/// Runs a closure when dropped: clean-up that must happen also when an
+/// async caller is cancelled mid-way.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,15 +493,5 @@ mod tests {
         assert!(!auth.allowed(&token, "public/x", Action::Push));
         assert!(auth.allowed(&Principal::User("alice".into()), "public/x", Action::Pull));
         assert_eq!(Principal::Token { subject: String::new(), access: vec![], local: true }.name(), "anonymous");
-    }
-}
-
-/// Runs a closure when dropped: clean-up that must happen also when an
-/// async caller is cancelled mid-way.
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)()
     }
 }

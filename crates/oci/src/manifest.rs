@@ -123,8 +123,7 @@ fn refuse_ambiguous_keys(v: &serde_json::Value) -> Result<(), ManifestError> {
         serde_json::Value::Object(map) => {
             let mut seen = std::collections::HashSet::new();
             for (key, value) in map {
-                let folded = key.to_ascii_lowercase();
-                let ambiguous = !seen.insert(folded.clone())
+                let ambiguous = !seen.insert(key.to_ascii_lowercase())
                     || FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key) && f != key);
                 if ambiguous {
                     return Err(ManifestError::AmbiguousKey(key.clone()));

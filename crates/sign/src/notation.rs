@@ -75,19 +75,31 @@ fn valid_at(cert: &Certificate, now: i64) -> bool {
     from <= now && now <= to
 }
 
+/// Whether `cert`'s extension `T` satisfies `ok` when the certificate has
+/// one: absent is fine, malformed never is.
+fn if_present<'a, T>(cert: &'a Certificate, ok: impl FnOnce(&T) -> bool) -> bool
+where
+    T: der::Decode<'a> + der::oid::AssociatedOid,
+{
+    match cert.tbs_certificate().get_extension::<T>() {
+        Ok(Some((_, ext))) => ok(&ext),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+/// Whether the certificate says it is a CA (basic constraints).
+fn is_ca(cert: &Certificate) -> bool {
+    use x509_cert::ext::pkix::BasicConstraints;
+    matches!(cert.tbs_certificate().get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca)
+}
+
 /// Whether a certificate may issue others: a CA (basic constraints) whose
 /// key usage, when stated, includes certificate signing. Without this an
 /// ordinary end-entity certificate (a TLS server's) could vouch for a key.
 fn may_issue(cert: &Certificate) -> bool {
-    use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
-    let tbs = cert.tbs_certificate();
-    let ca = matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
-    let usage = match tbs.get_extension::<KeyUsage>() {
-        Ok(Some((_, ku))) => ku.key_cert_sign(),
-        Ok(None) => true,
-        Err(_) => false,
-    };
-    ca && usage
+    use x509_cert::ext::pkix::KeyUsage;
+    is_ca(cert) && if_present(cert, |ku: &KeyUsage| ku.key_cert_sign())
 }
 
 /// Whether a certificate may sign artifacts, as the Notary Project
@@ -95,21 +107,11 @@ fn may_issue(cert: &Certificate) -> bool {
 /// digital signatures, extended key usage (when stated) includes code
 /// signing, and it is not a CA.
 fn may_sign_code(cert: &Certificate) -> bool {
-    use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+    use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage};
     const CODE_SIGNING: der::oid::ObjectIdentifier = der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
-    let tbs = cert.tbs_certificate();
-    let not_ca = !matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
-    let usage = match tbs.get_extension::<KeyUsage>() {
-        Ok(Some((_, ku))) => ku.digital_signature(),
-        Ok(None) => true,
-        Err(_) => false,
-    };
-    let extended = match tbs.get_extension::<ExtendedKeyUsage>() {
-        Ok(Some((_, eku))) => eku.0.contains(&CODE_SIGNING),
-        Ok(None) => true,
-        Err(_) => false,
-    };
-    not_ca && usage && extended
+    !is_ca(cert)
+        && if_present(cert, |ku: &KeyUsage| ku.digital_signature())
+        && if_present(cert, |eku: &ExtendedKeyUsage| eku.0.contains(&CODE_SIGNING))
 }
 
 /// Follows the chain from the leaf to a trust-store certificate; returns
