@@ -230,9 +230,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    config::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    // As the server would see it: the file, then BERTH_* variables.
+    // As the server would see it: the file (errors name the line), then
+    // BERTH_* variables.
     let config = config::Config::load(Some(file))?;
     // Files the server reads at start-up must be there.
     let files = [("tls.cert", &config.tls.cert), ("tls.key", &config.tls.key), ("encryption.key_file", &config.encryption.key_file)];
@@ -243,9 +242,8 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     }
     // The users file is checked as start-up would (hash kinds, names).
     if !config.auth.htpasswd.is_empty() {
-        let path = std::path::Path::new(&config.auth.htpasswd);
-        let users = std::fs::read_to_string(path).with_context(|| format!("auth.htpasswd: reading {}", path.display()))?;
-        berth_auth::htpasswd::parse(&users).map_err(|e| anyhow::anyhow!("auth.htpasswd: {}: {e}", path.display()))?;
+        berth_auth::htpasswd::Htpasswd::load(std::path::Path::new(&config.auth.htpasswd))
+            .map_err(|e| anyhow::anyhow!("auth.htpasswd: {e}"))?;
     }
     println!("{}: ok", file.display());
     Ok(())
