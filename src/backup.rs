@@ -79,7 +79,7 @@ impl BackupConfig {
 }
 
 /// Starts scheduled backups when configured.
-pub fn spawn_scheduled(config: &Config, blobs: Arc<berth_storage::FsBlobStore>) -> anyhow::Result<()> {
+pub fn spawn_scheduled(config: &Config, blobs: Arc<berth_storage::FsBlobStore>, encryption_key_id: Option<String>) -> anyhow::Result<()> {
     let b = &config.backup;
     if b.schedule.is_empty() {
         return Ok(());
@@ -87,8 +87,6 @@ pub fn spawn_scheduled(config: &Config, blobs: Arc<berth_storage::FsBlobStore>) 
     // Unlock once now so a wrong password fails at start-up, not at 3 a.m.
     let secret = b.secret()?;
     Repository::open(Path::new(&b.repo), &secret, Access::Shared).context("backup.repo")?;
-    // Checked against the data directory at start-up already; wanted here for its key id.
-    let encryption = crate::encryption::setup(&config.encryption, &config.storage.data_dir)?;
     berth_backup::schedule::spawn(
         berth_backup::schedule::Settings {
             schedule: b.schedule.clone(),
@@ -97,7 +95,7 @@ pub fn spawn_scheduled(config: &Config, blobs: Arc<berth_storage::FsBlobStore>) 
             policy: b.policy(),
             prune: b.prune,
         },
-        Source { data_dir: config.storage.data_dir.clone(), blobs, encryption_key_id: key_id(&encryption) },
+        Source { data_dir: config.storage.data_dir.clone(), blobs, encryption_key_id },
     )?;
     tracing::info!(schedule = %b.schedule, repo = %b.repo, "scheduled backups on");
     Ok(())
@@ -396,7 +394,8 @@ pub fn run(command: BackupCommand) -> anyhow::Result<()> {
     }
 }
 
-fn key_id(setup: &crate::encryption::Setup) -> Option<String> {
+/// The id of the key a data directory is sealed with, which a snapshot records.
+pub fn key_id(setup: &crate::encryption::Setup) -> Option<String> {
     setup.keyring.as_ref().map(|ring| ring.current().id_hex())
 }
 

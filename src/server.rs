@@ -27,6 +27,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _lock = berth_storage::DataDirLock::acquire(data_dir)
         .context("another berth server (or a berth gc --data-dir) is using this data directory")?;
     let encryption = crate::encryption::setup(&config.encryption, data_dir)?;
+    // Scheduled backups record it (taken before a rotation task owns the setup).
+    let encryption_key_id = crate::backup::key_id(&encryption);
     if encryption.keyring.is_some() {
         tracing::info!("encryption at rest is on");
     }
@@ -98,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     spawn_upload_expiry(registry.clone());
-    crate::backup::spawn_scheduled(&config, blobs.clone()).context("scheduled backups")?;
+    crate::backup::spawn_scheduled(&config, blobs.clone(), encryption_key_id).context("scheduled backups")?;
     spawn_gc(registry.clone(), Duration::from_secs(config.gc.interval_secs), config.gc.dry_run);
 
     let listener = TcpListener::bind(config.listen_addr())
