@@ -60,7 +60,7 @@ fn client_ip(req: &Request<Body>) -> IpAddr {
 /// `scheme://host` as the client addressed us, for the token realm.
 fn base_url(req: &Request<Body>) -> String {
     let tls = req.extensions().get::<Tls>().is_some_and(|t| t.0);
-    let host = crate::request_host(req).unwrap_or_else(|| "localhost".into());
+    let host = crate::request_host(req).unwrap_or("localhost");
     format!("{}://{host}", if tls { "https" } else { "http" })
 }
 

@@ -22,14 +22,15 @@ const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
 pub(crate) async fn handle(state: ApiState, req: Request<Body>) -> Response<Body> {
-    let path = req.uri().path().to_string();
+    // Cheap to keep (shared bytes): only a 405 needs the route again.
+    let uri = req.uri().clone();
     match dispatch(&state, req).await {
         Ok(resp) => resp,
         Err(e) => {
             let mut resp = e.into_response();
             if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
                 // RFC 9110: a 405 names the methods the resource supports.
-                let allow = allowed_methods(&route::parse(&path), state.registry.config().delete_enabled);
+                let allow = allowed_methods(&route::parse(uri.path()), state.registry.config().delete_enabled);
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             resp

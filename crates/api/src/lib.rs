@@ -85,7 +85,7 @@ fn is_cross_site_write(req: &Request<Body>) -> bool {
     }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    request_host(req).as_deref() != Some(origin_host)
+    request_host(req) != Some(origin_host)
 }
 
 /// Whether the request addresses a loopback host (or names none).
@@ -93,7 +93,7 @@ fn names_loopback(req: &Request<Body>) -> bool {
     let Some(host) = request_host(req) else { return true };
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host.as_str(), |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host.as_str() }),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }),
     };
     name.eq_ignore_ascii_case("localhost")
         || name.to_ascii_lowercase().ends_with(".localhost")
@@ -103,13 +103,12 @@ fn names_loopback(req: &Request<Body>) -> bool {
 /// The host (and port) the client addressed: the `Host` header, or in
 /// HTTP/2 the request's `:authority`. Only plain host characters pass, as
 /// it is written back into challenges and pages.
-pub(crate) fn request_host(req: &Request<Body>) -> Option<String> {
+pub(crate) fn request_host(req: &Request<Body>) -> Option<&str> {
     req.headers()
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .filter(|h| !h.is_empty() && h.len() < 256 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
-        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -207,7 +207,7 @@ fn repo_access(state: &ApiState, who: &Principal, name: &str) -> Result<RepoName
 }
 
 fn host(req: &Request<Body>) -> String {
-    crate::request_host(req).unwrap_or_else(|| "localhost".into())
+    crate::request_host(req).unwrap_or("localhost").to_string()
 }
 
 fn json_response(body: String) -> Response<Body> {
