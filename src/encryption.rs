@@ -19,7 +19,7 @@ pub struct EncryptionConfig {
 }
 
 /// Remembers which key the data directory is sealed with.
-const MARKER: &str = "encryption-key-id";
+const MARKER: &str = berth_storage::KEY_ID_FILE;
 
 fn parse_key(text: &str, what: &str) -> anyhow::Result<MasterKey> {
     let raw = base64::engine::general_purpose::STANDARD

@@ -5,7 +5,7 @@ use crate::repo::{BlobEntry, Repository, Snapshot};
 use anyhow::{anyhow, bail, Context};
 use berth_meta::snapshot::{self as msnap, SnapshotView};
 use berth_oci::{Digest, Hasher};
-use berth_storage::{BlobStore, ByteStream, FsBlobStore, UploadId};
+use berth_storage::{BlobStore, ByteStream, FsBlobStore, UploadId, KEY_ID_FILE};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
@@ -315,11 +315,6 @@ fn check_empty_target(dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// The marker a data directory keeps of the key it is sealed with; `berth
-/// serve` refuses to start without that key (see the binary's encryption
-/// module, which reads and writes it).
-pub const KEY_ID_FILE: &str = "encryption-key-id";
 
 /// Ids of the encryption-at-rest keys a data directory holds data under:
 /// its current key, and the one in its marker while a rotation is going on.

@@ -10,6 +10,11 @@ mod sealed;
 pub use fs::FsBlobStore;
 pub use lock::{DataDirLock, LOCK_FILE};
 
+/// The data-directory file naming the encryption-at-rest key its data is
+/// sealed with: written by the server (and by a restore), read at start-up
+/// to refuse a wrong or missing key, and recorded by backups.
+pub const KEY_ID_FILE: &str = "encryption-key-id";
+
 use async_trait::async_trait;
 use berth_oci::Digest;
 use bytes::Bytes;
